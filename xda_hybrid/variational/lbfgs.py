@@ -77,6 +77,7 @@ def lbfgs(
     c1: float = 1e-4,
     c2: float = 0.9,
     progress: bool = False,
+    reject: tuple[type[BaseException], ...] = (),
 ) -> LBFGSResult:
     """Minimise ``fun`` independently for each row of ``x0``.
 
@@ -101,6 +102,10 @@ def lbfgs(
         Strong-Wolfe constants.
     progress : bool
         Show a tqdm bar.
+    reject : tuple of exception types
+        Exceptions of ``fun`` (e.g. a model's CFL error) that mark a trial point
+        as unacceptable (infinite cost) for every problem of the batch instead of
+        aborting; raised as usual at the starting point.
 
     Returns
     -------
@@ -113,19 +118,24 @@ def lbfgs(
     nb = shape[0]
     n_eval = 0
 
-    def evaluate(x_flat):
+    def evaluate(x_flat, start=False):
         nonlocal n_eval
         n_eval += 1
         x = x_flat.detach().reshape(shape).requires_grad_(True)
         with torch.enable_grad():
-            f = fun(x)
+            try:
+                f = fun(x)
+            except reject:
+                if start:
+                    raise
+                return torch.full((nb,), math.inf, dtype=x.dtype, device=x.device), torch.full_like(x_flat, math.nan)
             if f.shape != (nb,):
                 raise ValueError(f"fun must return one cost per row, shape ({nb},), got {tuple(f.shape)}")
             (g,) = torch.autograd.grad(f.sum(), x)
         return f.detach(), g.reshape(nb, -1)
 
     x = x0.detach().reshape(nb, -1).clone()
-    f, g = evaluate(x)
+    f, g = evaluate(x, start=True)
     if not torch.isfinite(f).all():
         bad = (~torch.isfinite(f)).nonzero().flatten().tolist()
         raise ValueError(f"the cost is not finite at the starting point of problems {bad[:10]}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.base import CFLError
 from ..observation import Observations
 from .cost import Background, FourDVarCost
 from .lbfgs import LBFGSResult, lbfgs
@@ -42,7 +43,7 @@ def fourdvar(
         forward and an adjoint run).
     """
     cost.check(x_init, obs)
-    # the model's own learnable parameters are not controlled here
+    # a trial point that breaks an explicit model's CFL limit is rejected by the line search
     return lbfgs(
         lambda x: cost(x, obs, background)["total"],
         x_init,
@@ -51,4 +52,5 @@ def fourdvar(
         gtol=gtol,
         ftol=ftol,
         progress=progress,
+        reject=(CFLError,),
     )
