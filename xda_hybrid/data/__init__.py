@@ -1,0 +1,1 @@
+"""Datasets: synthetic twin generators and packaged data."""
