@@ -331,3 +331,23 @@ def test_single_step_upwind_flux_and_pressure_gradient():
             fs = flux(V[j][i], eta[j - 1][i] if j > 0 else 0.0, eta[j][i])
             want = eta[j][i] - dt / dx * (fe - fw + fn - fs)
             assert y[2, j, i].item() == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_torch_func_transforms():
+    """Parameters through functional_call + torch.func (grad, jvp) and vmap with the check off."""
+    m = ShallowWater()  # drag = 0: the term must still be differentiated under transforms
+    x = random_state(8, batch=2)
+
+    def loss(r):
+        return torch.func.functional_call(m, {"drag": r}, (x, 3))[:, -1].pow(2).sum()
+
+    r0 = torch.zeros((), dtype=F64)
+    g = torch.func.grad(loss)(r0)
+    _, t = torch.func.jvp(loss, (r0,), (torch.ones((), dtype=F64),))
+    h = 1e-9
+    fd = (loss(r0 + h) - loss(r0 - h)) / (2 * h)
+    assert g != 0 and torch.allclose(g, fd, rtol=1e-5) and torch.allclose(t, g, rtol=1e-12)
+    out = torch.func.vmap(lambda z: m(z[None], 2, check_cfl=False)[0])(x)
+    torch.testing.assert_close(out, m(x, 2))
+    with pytest.raises(RuntimeError, match="check_cfl=False"):
+        torch.func.vmap(lambda z: m(z[None], 2)[0])(x)

@@ -261,7 +261,10 @@ class ShallowWater(DynamicalModel):
         p = getattr(self, name)
         if p.requires_grad:
             return True
-        key = (p.data_ptr(), p._version, str(p.device))
+        try:
+            key = (p.data_ptr(), p._version, str(p.device))
+        except RuntimeError:  # functorch / forward-AD wrapper (torch.func transforms): keep the term
+            return True
         cached = self._active_cache.get(name)
         if cached is None or cached[0] != key:
             cached = (key, bool(p.detach().ne(0).any()))
@@ -289,8 +292,8 @@ class ShallowWater(DynamicalModel):
             xd = x.detach()
             h = self.H.detach().to(xd) + xd[:, 2]
             parts = [
-                xd[:, 0].abs().amax(),
-                xd[:, 1].abs().amax(),
+                xd[:, 0, :, :-1].abs().amax(),  # wall faces are ignored by step
+                xd[:, 1, :-1, :].abs().amax(),
                 h.amax(),
                 h.amin(),
                 xd[:, 3].abs().amax() if self.tracer else xd.new_zeros(()),
@@ -299,7 +302,14 @@ class ShallowWater(DynamicalModel):
                 self.coriolis.detach().to(xd).abs().amax(),
                 self.drag.detach().to(xd),
             ]
-            return torch.stack(parts).tolist()
+            try:
+                return torch.stack(parts).tolist()
+            except RuntimeError as err:  # e.g. inside torch.func.vmap: no host synchronisation possible
+                raise RuntimeError(
+                    "ShallowWater: the CFL check needs the state's values on the host and cannot run "
+                    "inside this transform (torch.func.vmap?); pass check_cfl=False or build the model "
+                    "with check_cfl=False, and check the result with model.check_stability"
+                ) from err
 
     def _courant_from_stats(self, s: list[float]) -> float:
         umax, vmax, hmax, _, _, g = s[:6]
