@@ -3,4 +3,20 @@ from . import metrics, models, observation, variational
 from .models import get_model
 
 __version__ = "0.1.0"
-__all__ = ["get_model", "metrics", "models", "observation", "variational", "__version__"]
+
+# the xarray front: importing it registers the ``ds.da4d`` accessor
+from .front import DA4DAccessor, Fitted, catalog, load, open_dataset  # noqa: E402
+
+__all__ = [
+    "DA4DAccessor",
+    "Fitted",
+    "catalog",
+    "get_model",
+    "load",
+    "metrics",
+    "models",
+    "observation",
+    "open_dataset",
+    "variational",
+    "__version__",
+]

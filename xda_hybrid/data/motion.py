@@ -12,13 +12,16 @@ Ingredients
 -----------
 * velocity: a random stream function (energy peaked at ``wavelength`` cells)
   plus a small potential part (``potential`` of the rms speed), scaled so
-  that the largest speed is ``speed`` cells per frame (default 0.4);
+  that the largest speed is ``speed`` cells per frame (default 0.3);
 * tracer: a large-scale meridional gradient (warm south, cold north) plus
   mesoscale structure with a steep (k⁻³-like) spectrum, like a sea-surface
   temperature map;
 * truth: the image model (:class:`~xda_hybrid.models.image.ImageModel`,
-  velocity self-advection + tracer transport), run ``spinup`` frames before
-  the first recorded one so that the tracer is already stirred by the flow;
+  velocity self-advection + tracer transport); before the first recorded
+  frame the tracer is stirred for ``spinup`` frames by the initial flow held
+  steady, so that it already carries the flow's filaments while the velocity
+  is still smooth (the pressureless self-advection of the image model
+  steepens velocity fronts with time: keep records short, ~50-100 frames);
 * clouds: a smooth random field drifting with a "cloud wind" and slowly
   evolving, thresholded frame by frame so that exactly ``cloud_fraction`` of
   the pixels are covered (spatially coherent, moving cloud masks);
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.advection import Advection
 from ..models.image import ImageModel
 
 __all__ = [
@@ -116,7 +120,7 @@ def random_velocity(
         raise ValueError(f"speed must be > 0 cells per frame, got {speed}")
     if not potential >= 0:
         raise ValueError(f"potential must be >= 0, got {potential}")
-    wavelength = float(wavelength or max(ny, nx) / 2.5)
+    wavelength = float(wavelength or max(ny, nx) / 1.5)
     ky, kx = _wavenumbers(ny, nx)
 
     def grad(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,8 +248,8 @@ def tracer_motion_twin(
     noise: float = 0.02,
     seed: int = 0,
     boundary: str = "periodic",
-    speed: float = 0.4,
-    spinup: int = 8,
+    speed: float = 0.3,
+    spinup: int = 20,
 ) -> TracerMotionTwin:
     """Tracer images moved by an image-model flow, observed through moving clouds.
 
@@ -266,7 +270,9 @@ def tracer_motion_twin(
     speed : float
         Largest initial speed, cells per frame (≲ 1 for realistic motion).
     spinup : int
-        Image-model frames run before the first recorded frame.
+        Frames during which the tracer is stirred by the initial flow (held
+        steady) before the first recorded frame; the recorded frames are the
+        image model's, velocity included.
 
     Returns
     -------
@@ -288,8 +294,8 @@ def tracer_motion_twin(
     model = ImageModel(dt=1.0, dx=1.0, dy=1.0, boundary=boundary)
     x0 = torch.cat([w, c[None]], 0)[None]
     with torch.no_grad():
-        if spinup:
-            x0 = model(x0, spinup)[:, -1]
+        if spinup:  # stir the tracer with the initial (steady) flow: smooth velocity at frame 0
+            x0 = Advection(dt=1.0, dx=1.0, dy=1.0, boundary=boundary)(x0, spinup)[:, -1]
         truth = model(x0, length - 1)[0]
     clouds = cloud_masks(length, ny, nx, float(cloud_fraction), gen)
     tracer = truth[:, 2:3]

@@ -10,14 +10,7 @@ import math
 import torch
 
 from .base import DynamicalModel
-from .interpolation import (
-    Stencil,
-    apply_stencil,
-    bilinear_stencil,
-    check_boundary,
-    departure_from_displacement,
-    sanitize,
-)
+from .interpolation import Stencil, apply_stencil, check_boundary, departure_stencil, sanitize
 
 # velocities are clamped to this many grid cells per step (keeps +-inf finite)
 _MAX_CELLS_PER_STEP = 2.0**20
@@ -79,17 +72,17 @@ class SemiLagrangian2D(DynamicalModel):
 
     def displacement(self, w: torch.Tensor) -> torch.Tensor:
         """Velocity ``(batch, 2 [u, v], ny, nx)`` -> displacement per step in cells."""
-        scale = torch.tensor(
-            [self.dt / self.dx, self.dt / self.dy], dtype=w.dtype, device=w.device
-        ).view(1, 2, 1, 1)
-        return w * scale
+        sx, sy = self.dt / self.dx, self.dt / self.dy
+        if sx == sy:
+            return w * sx
+        return w * torch.tensor([sx, sy], dtype=w.dtype, device=w.device).view(1, 2, 1, 1)
 
     def stencil(self, w: torch.Tensor) -> Stencil:
-        """Bilinear stencil at the departure points of the (clean) velocity ``w``."""
-        ydep, xdep = departure_from_displacement(
-            self.displacement(w), self.boundary, self.iterations
-        )
-        return bilinear_stencil(ydep, xdep, w.shape[-2:], self.boundary)
+        """Bilinear stencil at the departure points of the velocity ``w``.
+
+        ``w`` must have gone through :meth:`clean_velocity`.
+        """
+        return departure_stencil(self.displacement(w), self.boundary, self.iterations, clean=True)
 
 
 class Advection(SemiLagrangian2D):
@@ -118,8 +111,9 @@ class Advection(SemiLagrangian2D):
     def forward(self, x0: torch.Tensor, n_steps: int) -> torch.Tensor:
         """Trajectory ``(batch, n_steps + 1, 3, ny, nx)``, as repeated :meth:`step`.
 
-        The velocity being steady, the departure points are computed once and
-        reused for every step (identical result, about 3x cheaper).
+        The velocity being steady, the departure-point stencil is computed
+        once and reused for every step (identical result, one interpolation
+        of one channel per step instead of three).
         """
         self.check_state(x0)
         n_steps = int(n_steps)

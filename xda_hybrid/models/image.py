@@ -9,6 +9,8 @@ from tracer images").
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .advection import SemiLagrangian2D
@@ -19,6 +21,16 @@ from .interpolation import apply_stencil
 DIFFUSION_CFL = 0.25
 
 
+@functools.lru_cache(maxsize=32)
+def _border_mask(ny: int, nx: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # a normal tensor even if first built under inference_mode (it is saved
+    # for backward by the product that applies it); never written to
+    with torch.inference_mode(False), torch.no_grad():
+        m = torch.zeros(ny, nx, dtype=dtype, device=device)
+        m[1:-1, 1:-1] = 1
+    return m
+
+
 class ImageModel(SemiLagrangian2D):
     """Self-advected velocity ``w = (u, v)`` carrying a tracer image ``I``.
 
@@ -27,10 +39,12 @@ class ImageModel(SemiLagrangian2D):
     unit.  One step interpolates ``(u, v, I)`` bilinearly at the
     semi-Lagrangian departure points (midpoint rule, 2 fixed-point
     iterations), then applies ``I += κ dt ΔI`` if ``κ = diffusion > 0``.
-    Without diffusion the step is a convex combination of the old values:
-    unconditionally stable, every output within the input's min/max, for any
-    velocity (NaN velocities are read as 0, infinite ones as 2**20 cells per
-    step).
+    Each output is a convex combination of old values (the diffusion too,
+    within its CFL limit): the scheme is unconditionally stable for any
+    velocity, the image stays within its initial min/max and ``|u|, |v|``
+    never grow (NaN velocities are read as 0, infinite ones as 2**20 cells
+    per step).  The CFL limit is checked at construction only: a learned
+    ``diffusion`` is not kept below it.
 
     Parameters
     ----------
@@ -82,12 +96,10 @@ class ImageModel(SemiLagrangian2D):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", diffusion={float(self.diffusion)}"
 
-    def _border_mask(self, like: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _border_mask(like: torch.Tensor) -> torch.Tensor:
         """``(ny, nx)`` mask: 0 on the border cells, 1 inside."""
-        ny, nx = like.shape[-2:]
-        m = torch.zeros(ny, nx, dtype=like.dtype, device=like.device)
-        m[1:-1, 1:-1] = 1
-        return m
+        return _border_mask(like.shape[-2], like.shape[-1], like.dtype, like.device)
 
     def laplacian(self, c: torch.Tensor) -> torch.Tensor:
         """Five-point Laplacian of ``c`` ``(batch, 1, ny, nx)`` (per length²).

@@ -1,10 +1,11 @@
 """Differentiable bilinear interpolation and semi-Lagrangian departure points.
 
-Everything here is written with plain torch operations (``floor``, integer
-index arithmetic and one ``gather`` per interpolation), so that reverse-mode
-AD (``backward``, :func:`torch.func.vjp`), forward-mode AD
-(:func:`torch.func.jvp`) and double backward all work.  ``F.grid_sample`` is
-deliberately not used: it has no forward-mode derivative.
+Everything is built from plain torch operations (``floor``, integer index
+arithmetic and ``gather``/``scatter_add``) inside two small
+:class:`torch.autograd.Function` s with hand-written reverse *and* forward
+rules, so reverse-mode AD (``backward``, :func:`torch.func.vjp`), forward-mode
+AD (:func:`torch.func.jvp`) and double backward all work.  ``F.grid_sample``
+is deliberately not used: it has no forward-mode derivative.
 
 Conventions
 -----------
@@ -12,34 +13,41 @@ Conventions
   axis, ``x`` the last.
 * Positions are in **grid-index units**: ``x = 3.25`` lies a quarter of a cell
   to the right of column 3.  Cell centres sit on integer positions.
-* ``boundary="closed"``: positions are clamped into ``[0, n - 1]`` (the value
-  on the border is extended outwards, i.e. a zero-gradient / Neumann border).
+* ``boundary="closed"``: positions are clamped into ``[0, n - 1]`` (the border
+  value is extended outwards: a zero-gradient / Neumann border).
   ``boundary="periodic"``: positions wrap around (``x`` and ``x + nx`` are the
   same point).
 
 Bilinear interpolation is a convex combination of the four surrounding grid
 values (weights in ``[0, 1]`` summing to one), so it is monotone: the result
-always lies within the field's min/max, up to one rounding error.  Any
-departure point is accepted — NaN is read as 0 and infinite or huge values are
-clamped before any integer conversion — so the output is finite whenever the
-field is finite.
+lies within the field's min/max, up to rounding.  Any position is accepted —
+NaN is read as 0, infinite or huge values are clamped before any integer
+conversion — so the output is finite whenever the field is (and its values
+stay below ``finfo.max / 4`` in magnitude).
+
+Derivatives with respect to a position are those of the bilinear interpolant:
+zero where a closed boundary clamps the point, undefined (one-sided) exactly on
+a grid line.
 
 For repeated interpolations at the same points (several fields, or the same
 departure points over many time steps), compute the :class:`Stencil` once with
-:func:`bilinear_stencil` and apply it with :func:`apply_stencil`.
+:func:`bilinear_stencil` and apply it with :func:`apply_stencil`; all channels
+of a field are read with one index computation.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
+from torch.nn import functional as F
 
 #: accepted values of the ``boundary`` argument
 BOUNDARIES = ("closed", "periodic")
 
 # Periodic positions are clamped to +-(this many domain lengths) before the
 # integer conversion; beyond ~2**24 cells float32 has no fractional part left
-# anyway, and the clamp keeps ``long`` conversion well defined for +-inf.
+# anyway, and the clamp keeps the conversion well defined for +-inf.
 _PERIODIC_WRAPS = 2.0**20
 
 
@@ -56,15 +64,12 @@ def check_boundary(boundary: str, name: str = "boundary") -> str:
     return boundary
 
 
-def sanitize(t: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
+def sanitize(t: torch.Tensor, bound: float) -> torch.Tensor:
     """Replace NaN by 0 and clamp into ``[-bound, bound]`` (differentiable).
 
     Finite values inside the bound pass unchanged (derivative 1); values
-    outside, including ``+-inf``, become ``+-bound`` (derivative 0).
+    outside, ``+-inf`` included, become ``+-bound`` (derivative 0).
     """
-    if isinstance(bound, torch.Tensor):
-        t = torch.where(t == t, t, torch.zeros((), dtype=t.dtype, device=t.device))
-        return torch.clamp(t, min=-bound, max=bound)
     bound = float(bound)
     return torch.nan_to_num(t, nan=0.0, posinf=bound, neginf=-bound).clamp(-bound, bound)
 
@@ -73,18 +78,19 @@ class Stencil(NamedTuple):
     """Bilinear stencil: where to read and with which weights.
 
     The four corners of target point ``k`` are read at the flat indices
-    ``base[k] + (0, 1, row, row + 1)`` of the source grid, which for
-    ``padded=True`` is first extended periodically by one row and one column
-    (``row = nx + 1``), else ``row = nx``.
+    ``base[k] + (0, 1, row, row + 1)`` of the source grid, extended first by
+    one row and one column when ``pad`` is set (``row = nx + 1``), else
+    ``row = nx``.
 
     Attributes
     ----------
     base : Tensor, int64, shape (batch, 1, M)
-        Flat index of the lower-left corner ``(y0, x0)`` of each of the
+        Flat index of the lower corner ``(y0, x0)`` of each of the
         ``M = my * mx`` target points.
-    fy, fx : Tensor, shape (batch, 1, M)
-        Fractional positions in ``[0, 1]`` between the corners, along ``y``
-        and ``x``; differentiable with respect to the positions.
+    frac : Tensor, shape (batch, 2, M)
+        Fractional positions in ``[0, 1]`` between the corners, along ``x``
+        (channel 0, :attr:`fx`) and ``y`` (channel 1, :attr:`fy`);
+        differentiable with respect to the positions.
     src_shape : (int, int)
         ``(ny, nx)`` of the source grid.
     out_shape : (int, int)
@@ -96,30 +102,115 @@ class Stencil(NamedTuple):
     """
 
     base: torch.Tensor
-    fy: torch.Tensor
-    fx: torch.Tensor
+    frac: torch.Tensor
     src_shape: tuple[int, int]
     out_shape: tuple[int, int]
     pad: str | None
 
+    @property
+    def fx(self) -> torch.Tensor:
+        """Fraction along ``x``, shape (batch, 1, M)."""
+        return self.frac[:, 0:1]
 
-def _axis(p: torch.Tensor, n: int, boundary: str, finite: bool):
-    """Lower corner (as a float holding an integer) and fraction along one axis."""
-    if not finite:
-        p = torch.nan_to_num(p, nan=0.0)
-    # integer parts are computed on detached values: their derivative is zero
-    # and this keeps them (and their backward) out of the autograd graph
-    if boundary == "closed":
-        p = p.clamp(0.0, float(n - 1))
-        i0f = torch.floor(p.detach()).clamp_(max=float(max(n - 2, 0)))
+    @property
+    def fy(self) -> torch.Tensor:
+        """Fraction along ``y``, shape (batch, 1, M)."""
+        return self.frac[:, 1:2]
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_constants(ny: int, nx: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """Per-grid constant tensors (never written to, never requiring grad)."""
+    # normal tensors even when first called under inference_mode
+    with torch.inference_mode(False), torch.no_grad():
+        kw = dict(dtype=dtype, device=device)
+        gx = torch.arange(nx, **kw).view(1, nx).expand(ny, nx)
+        gy = torch.arange(ny, **kw).view(ny, 1).expand(ny, nx)
+        n = torch.tensor([nx, ny], **kw).view(1, 2, 1)
+        return {
+            "grid": torch.stack([gx, gy]).unsqueeze(0),  # (1, 2, ny, nx): x, y
+            "n": n,
+            "n_max": float(max(ny, nx)),
+            "inv_n": 1.0 / n,
+            "n_minus_1": n - 1,
+            "n_minus_2": (n - 2).clamp_(min=0),
+        }
+
+
+def _constants(ny: int, nx: int, like: torch.Tensor) -> dict:
+    return _grid_constants(int(ny), int(nx), like.dtype, like.device)
+
+
+class _Fraction(torch.autograd.Function):
+    """Lower grid index and fractional part of positions, both axes at once.
+
+    ``pos (b, 2, M)`` (channels x, y; any float) -> ``(frac, i0, mask)`` with
+    ``i0`` a float holding an integer in ``[0, n - 2]`` (closed) or
+    ``[0, n - 1]`` (periodic) and ``frac`` in ``[0, 1]``.  ``d frac / d pos``
+    is 1, or 0 where a closed border clamps (``mask``).
+    """
+
+    @staticmethod
+    def forward(pos, const, periodic):
+        if periodic:
+            big = min(_PERIODIC_WRAPS * const["n_max"], torch.finfo(pos.dtype).max / 4)
+            q = pos.clamp(-big, big)
+            # wrap into [0, n]; rounding may land on 0 or n, both fine
+            q = q - const["n"] * torch.floor(q * const["inv_n"])
+            q = q.clamp_(min=0.0)
+            i0 = torch.floor(q)
+            i0 = torch.minimum(i0, const["n_minus_1"], out=i0)
+            mask = None
+        else:
+            q = torch.maximum(pos, torch.zeros((), dtype=pos.dtype, device=pos.device))
+            q = torch.minimum(q, const["n_minus_1"], out=q)
+            i0 = torch.floor(q)
+            i0 = torch.minimum(i0, const["n_minus_2"], out=i0)
+            mask = (q == pos).to(pos.dtype)
+        return q - i0, i0, mask
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, i0, mask = output
+        ctx.mark_non_differentiable(*(t for t in (i0, mask) if t is not None))
+        ctx.has_mask = mask is not None
+        ctx.save_for_backward(mask)
+        ctx.save_for_forward(mask)
+
+    @staticmethod
+    def backward(ctx, g, *_):
+        if not ctx.has_mask:
+            return g, None, None
+        (mask,) = ctx.saved_tensors
+        return g * mask, None, None
+
+    @staticmethod
+    def jvp(ctx, p_t, *_):
+        if not ctx.has_mask:
+            return p_t.clone(), None, None
+        (mask,) = ctx.saved_tensors
+        return p_t * mask, None, None
+
+
+def _stencil(pos: torch.Tensor, ny: int, nx: int, boundary: str, const=None) -> Stencil:
+    """Stencil from positions ``pos (b, 2, my, mx)`` (channels x, y), NaN-free."""
+    b, _, my, mx = pos.shape
+    m = my * mx
+    if const is None:
+        const = _constants(ny, nx, pos)
+    periodic = boundary == "periodic"
+    frac, i0, _ = _Fraction.apply(pos.reshape(b, 2, m), const, periodic)
+    if periodic:
+        pad = "circular"
     else:
-        # wrap into [0, n]; rounding may land exactly on 0 or n, both fine
-        big = min(_PERIODIC_WRAPS * n, torch.finfo(p.dtype).max / 4)
-        p = p.clamp(-big, big)
-        p = p - float(n) * torch.floor(p.detach() * (1.0 / n))
-        p = p.clamp(min=0.0)
-        i0f = torch.floor(p.detach()).clamp_(max=float(n - 1))
-    return i0f, p - i0f
+        pad = "replicate" if ny == 1 or nx == 1 else None
+    row = nx + 1 if pad else nx
+    if (ny + 1) * (nx + 1) < 1.0 / torch.finfo(i0.dtype).eps:
+        # exact: small integers in floating point
+        base = torch.add(i0[:, 0:1], i0[:, 1:2], alpha=row).long()
+    else:
+        base = i0[:, 1:2].long() * row + i0[:, 0:1].long()
+    return Stencil(base, frac, (ny, nx), (my, mx), pad)
 
 
 def bilinear_stencil(
@@ -141,7 +232,7 @@ def bilinear_stencil(
     boundary : {"closed", "periodic"}
     finite : bool
         Promise that the positions hold no NaN (skips one pass); infinities
-        are always handled.
+        are handled either way.
 
     Returns
     -------
@@ -158,20 +249,104 @@ def bilinear_stencil(
         raise ValueError(f"positions must be (batch, my, mx) or (my, mx), got {tuple(ydep.shape)}")
     if not ydep.is_floating_point():
         raise TypeError(f"positions must be floating point, got {ydep.dtype}")
-    b, my, mx = ydep.shape
-    m = my * mx
-    y0, fy = _axis(ydep.reshape(b, 1, m), ny, boundary, finite)
-    x0, fx = _axis(xdep.reshape(b, 1, m), nx, boundary, finite)
-    if boundary == "periodic":
-        pad = "circular"
-    else:
-        pad = "replicate" if ny == 1 or nx == 1 else None
-    row = nx + 1 if pad else nx
-    if (ny + 1) * (nx + 1) < 1.0 / torch.finfo(y0.dtype).eps:
-        base = (y0 * float(row) + x0).long()  # exact: integers below 2**mantissa
-    else:
-        base = y0.long() * row + x0.long()
-    return Stencil(base, fy, fx, (ny, nx), (my, mx), pad)
+    pos = torch.stack([xdep, ydep], 1)
+    if not finite:
+        pos = torch.nan_to_num(pos, nan=0.0)
+    return _stencil(pos, ny, nx, boundary)
+
+
+def _corner_differences(src, fx, base, row):
+    """Four-corner read: interpolated lower row and the x, x, y differences."""
+    b, c = src.shape[:2]
+    idx = base.expand(b, c, base.shape[-1])
+    # the four corners: one index into views shifted by 0, 1, row, row + 1
+    v00 = src.gather(2, idx)
+    dtop = src[..., 1:].gather(2, idx).sub_(v00)
+    v10 = src[..., row:].gather(2, idx)
+    dbot = src[..., row + 1 :].gather(2, idx).sub_(v10)
+    top = torch.addcmul(v00, fx, dtop)
+    dy = torch.addcmul(v10, fx, dbot).sub_(top)
+    return top, dtop, dbot, dy
+
+
+class _Bilinear(torch.autograd.Function):
+    """``out = bilinear(src)`` at a fixed integer stencil with fractions ``frac``.
+
+    Hand-written reverse rule (one scatter per corner into a single buffer)
+    and forward rule; under ``create_graph=True`` the reverse rule recomputes
+    the corner differences from ``src`` with differentiable ops, so double
+    backward is exact too.
+
+    Inputs: ``src (b, c, L)`` flat (possibly padded) source, ``frac`` (x, y)
+    broadcastable to ``(b, 2, m)``, ``base (b or 1, 1, m)`` int64, ``row``.
+    Outputs: ``out (b, c, m)`` and three non-differentiable saved tensors.
+    """
+
+    @staticmethod
+    def forward(src, frac, base, row):
+        top, dtop, dbot, dy = _corner_differences(src, frac[:, 0:1], base, row)
+        return torch.addcmul(top, frac[:, 1:2], dy), dtop, dbot, dy
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        src, frac, base, row = inputs
+        _, dtop, dbot, dy = output
+        ctx.mark_non_differentiable(dtop, dbot, dy)
+        ctx.row = row
+        ctx.save_for_backward(src, frac, base, dtop, dbot, dy)
+        ctx.save_for_forward(frac, base, dtop, dbot, dy)
+
+    @staticmethod
+    def backward(ctx, g, *_):
+        src, frac, base, dtop, dbot, dy = ctx.saved_tensors
+        row = ctx.row
+        fx, fy = frac[:, 0:1], frac[:, 1:2]
+        need_src, need_frac = ctx.needs_input_grad[:2]
+        create_graph = torch.is_grad_enabled()
+        if create_graph:
+            # higher-order derivatives: make the corner terms depend on src
+            _, dtop, dbot, dy = _corner_differences(src, fx, base, row)
+        gsrc = gfrac = None
+        if need_src:
+            b, c, m = g.shape
+            idx = base.expand(b, c, m)
+            gb = g * fy
+            ga = g - gb
+            gax = ga * fx
+            gbx = gb * fx
+            length = src.shape[-1]
+            if create_graph:
+                parts = ((0, ga - gax), (1, gax), (row, gb - gbx), (row + 1, gbx))
+                gsrc = sum(
+                    F.pad(g.new_zeros(b, c, length - off).scatter_add(2, idx, val), (off, 0))
+                    for off, val in parts
+                )
+            else:
+                parts = ((0, ga.sub_(gax)), (1, gax), (row, gb.sub_(gbx)), (row + 1, gbx))
+                gsrc = g.new_zeros(b, c, length)
+                for off, val in parts:
+                    gsrc[..., off:].scatter_add_(2, idx, val)
+        if need_frac:
+            shape = (frac.shape[0], 1, frac.shape[2])
+            gfx = (g * torch.lerp(dtop, dbot, fy)).sum_to_size(shape)
+            gfy = (g * dy).sum_to_size(shape)
+            gfrac = torch.cat([gfx, gfy], 1)
+        return gsrc, gfrac, None, None
+
+    @staticmethod
+    def jvp(ctx, src_t, frac_t, base_t, row_t):
+        frac, base, dtop, dbot, dy = ctx.saved_tensors
+        fx, fy = frac[:, 0:1], frac[:, 1:2]
+        out_t = None
+        if src_t is not None:
+            top, _, _, dyt = _corner_differences(src_t, fx, base, ctx.row)
+            out_t = torch.addcmul(top, fy, dyt)
+        if frac_t is not None:
+            t = frac_t[:, 0:1] * torch.lerp(dtop, dbot, fy) + frac_t[:, 1:2] * dy
+            out_t = t if out_t is None else out_t + t
+        if out_t is None:
+            out_t = torch.zeros_like(dy)
+        return out_t, None, None, None
 
 
 def apply_stencil(field: torch.Tensor, stencil: Stencil) -> torch.Tensor:
@@ -189,120 +364,25 @@ def apply_stencil(field: torch.Tensor, stencil: Stencil) -> torch.Tensor:
     """
     ny, nx = stencil.src_shape
     if field.ndim != 4 or tuple(field.shape[-2:]) != (ny, nx):
-        raise ValueError(
-            f"field must be (batch, channel, {ny}, {nx}), got {tuple(field.shape)}"
-        )
-    base = stencil.base
+        raise ValueError(f"field must be (batch, channel, {ny}, {nx}), got {tuple(field.shape)}")
     bf, c = field.shape[0], field.shape[1]
-    bs = base.shape[0]
+    bs = stencil.base.shape[0]
     if bf != bs and 1 not in (bf, bs):
         raise ValueError(f"batch of field ({bf}) and stencil ({bs}) do not match")
     b = max(bf, bs)
     my, mx = stencil.out_shape
-    m = my * mx
     if stencil.pad:
-        # one extra row and column: periodic copy, or (closed, n == 1) a
-        # replica that gets zero weight
-        field = torch.nn.functional.pad(field, (0, 1, 0, 1), mode=stencil.pad)
+        # one extra row and column: the periodic copy, or (closed grid with a
+        # single row or column) a replica that gets zero weight
+        field = F.pad(field, (0, 1, 0, 1), mode=stencil.pad)
         row = nx + 1
     else:
         row = nx
     src = field.reshape(bf, c, -1)
     if bf != b:
         src = src.expand(b, c, src.shape[-1])
-    return _Bilinear.apply(src, stencil.fy, stencil.fx, stencil.base, row)[0].view(b, c, my, mx)
-
-
-def _corner_differences(src, fx, base, row):
-    """Four-corner read: lower-row value and the x, x and y differences."""
-    b, c = src.shape[:2]
-    idx = base.expand(b, c, base.shape[-1])
-    # the four corners: one index into views shifted by 0, 1, row, row + 1
-    v00 = src.gather(2, idx)
-    dtop = src[..., 1:].gather(2, idx) - v00
-    v10 = src[..., row:].gather(2, idx)
-    dbot = src[..., row + 1 :].gather(2, idx) - v10
-    top = torch.addcmul(v00, fx, dtop)
-    dy = torch.addcmul(v10, fx, dbot) - top
-    return top, dtop, dbot, dy
-
-
-class _Bilinear(torch.autograd.Function):
-    """``out = bilinear(src)`` at a fixed integer stencil with fractions ``(fy, fx)``.
-
-    Hand-written reverse (one scatter per corner into a single buffer) and
-    forward-mode rules; a double backward (``create_graph=True``) recomputes
-    the corner differences from ``src`` with plain differentiable ops.
-
-    Inputs: ``src (b, c, L)`` flat (possibly padded) source, ``fy, fx``
-    broadcastable to ``(b, 1, m)``, ``base (bs, 1, m)`` int64, ``row`` int.
-    Outputs: ``out (b, c, m)`` and three non-differentiable saved tensors.
-    """
-
-    @staticmethod
-    def forward(src, fy, fx, base, row):
-        top, dtop, dbot, dy = _corner_differences(src, fx, base, row)
-        return torch.addcmul(top, fy, dy), dtop, dbot, dy
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        src, fy, fx, base, row = inputs
-        _, dtop, dbot, dy = output
-        ctx.mark_non_differentiable(dtop, dbot, dy)
-        ctx.row = row
-        ctx.save_for_backward(src, fy, fx, base, dtop, dbot, dy)
-        ctx.save_for_forward(fy, fx, base, dtop, dbot, dy)
-
-    @staticmethod
-    def backward(ctx, g, *_):
-        src, fy, fx, base, dtop, dbot, dy = ctx.saved_tensors
-        row = ctx.row
-        need_src, need_fy, need_fx = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():
-            # higher-order derivatives: make the corner terms depend on src
-            _, dtop, dbot, dy = _corner_differences(src, fx, base, row)
-        gsrc = gfy = gfx = None
-        if need_src:
-            b, c, m = g.shape
-            idx = base.expand(b, c, m)
-            gb = g * fy
-            ga = g - gb
-            gax = ga * fx
-            gbx = gb * fx
-            gsrc = torch.zeros(b, c, src.shape[-1], dtype=g.dtype, device=g.device)
-            if torch.is_grad_enabled():
-                parts = ((0, ga - gax), (1, gax), (row, gb - gbx), (row + 1, gbx))
-                for off, val in parts:
-                    gsrc = gsrc + torch.nn.functional.pad(
-                        torch.zeros_like(gsrc[..., off:]).scatter_add(2, idx, val), (off, 0)
-                    )
-            else:
-                gsrc.scatter_add_(2, idx, ga.sub_(gax))
-                gsrc[..., 1:].scatter_add_(2, idx, gax)
-                gsrc[..., row:].scatter_add_(2, idx, gb.sub_(gbx))
-                gsrc[..., row + 1 :].scatter_add_(2, idx, gbx)
-        if need_fx:
-            gfx = (g * torch.lerp(dtop, dbot, fy)).sum_to_size(fx.shape)
-        if need_fy:
-            gfy = (g * dy).sum_to_size(fy.shape)
-        return gsrc, gfy, gfx, None, None
-
-    @staticmethod
-    def jvp(ctx, src_t, fy_t, fx_t, base_t, row_t):
-        fy, fx, base, dtop, dbot, dy = ctx.saved_tensors
-        out_t = None
-        if src_t is not None:
-            top, _, _, dyt = _corner_differences(src_t, fx, base, ctx.row)
-            out_t = torch.addcmul(top, fy, dyt)
-        if fx_t is not None:
-            t = fx_t * torch.lerp(dtop, dbot, fy)
-            out_t = t if out_t is None else out_t + t
-        if fy_t is not None:
-            t = fy_t * dy
-            out_t = t if out_t is None else out_t + t
-        if out_t is None:
-            out_t = torch.zeros_like(dy)
-        return out_t, None, None, None
+    out = _Bilinear.apply(src, stencil.frac, stencil.base, row)[0]
+    return out.view(b, c, my, mx)
 
 
 def interp2d(
@@ -317,7 +397,8 @@ def interp2d(
     ----------
     field : Tensor, shape (batch, channel, ny, nx)
     ydep, xdep : Tensor, shape (batch, my, mx) or (my, mx)
-        Positions in grid-index units (row, column); usually ``my, mx = ny, nx``.
+        Positions in grid-index units (row, column); usually ``(my, mx) =
+        (ny, nx)``.  NaN is read as 0; infinite values are clamped.
     boundary : {"closed", "periodic"}
         ``"closed"`` clamps the points into the grid, ``"periodic"`` wraps them.
 
@@ -340,6 +421,31 @@ def grid_coordinates(ny: int, nx: int, like: torch.Tensor) -> tuple[torch.Tensor
     return gy, gx
 
 
+def _check_disp(disp: torch.Tensor) -> None:
+    if disp.ndim != 4 or disp.shape[1] != 2:
+        raise ValueError(f"disp must be (batch, 2, ny, nx), got {tuple(disp.shape)}")
+
+
+def _sanitize_disp(disp: torch.Tensor) -> torch.Tensor:
+    # a displacement beyond a million domain lengths is meaningless; the bound
+    # keeps infinities out of the interpolation (inf * 0 weight = NaN)
+    n = max(disp.shape[-2:])
+    return sanitize(disp, min(_PERIODIC_WRAPS * n, torch.finfo(disp.dtype).max / 8))
+
+
+def _midpoint_positions(disp: torch.Tensor, boundary: str, iterations: int) -> torch.Tensor:
+    """Departure points ``(b, 2, ny, nx)`` (x, y) by fixed-point iterations
+    ``d <- D(r - d / 2)`` from ``d = D(r)``."""
+    ny, nx = disp.shape[-2:]
+    const = _constants(ny, nx, disp)
+    grid = const["grid"]
+    d = disp
+    for _ in range(int(iterations)):
+        st = _stencil(torch.sub(grid, d, alpha=0.5), ny, nx, boundary, const)
+        d = apply_stencil(disp, st)
+    return grid - d
+
+
 def departure_from_displacement(
     disp: torch.Tensor,
     boundary: str = "closed",
@@ -349,37 +455,46 @@ def departure_from_displacement(
 
     Solves ``d = D(r - d / 2)`` for the displacement ``d`` over one step that
     ends on the grid point ``r`` by ``iterations`` fixed-point iterations from
-    ``d = D(r)``, ``D`` being bilinearly interpolated; the departure point is
-    ``r - d``.  Second order in time.
+    ``d = D(r)``, ``D`` being bilinearly interpolated (with ``boundary``); the
+    departure point is ``r - d``.  Second order in time.
 
     Parameters
     ----------
     disp : Tensor, shape (batch, 2, ny, nx)
         Displacement per time step in grid cells, channel 0 along ``x``
-        (columns), channel 1 along ``y`` (rows).  NaN is read as 0.
+        (columns), channel 1 along ``y`` (rows).  NaN is read as 0, values
+        beyond ``2**20`` domain lengths (``+-inf`` included) are clamped.
     boundary : {"closed", "periodic"}
     iterations : int >= 0
 
     Returns
     -------
     ydep, xdep : Tensor, shape (batch, ny, nx)
-        Departure points in grid-index units (not yet clamped or wrapped).
+        Departure points in grid-index units (not clamped or wrapped).
     """
     check_boundary(boundary)
-    if disp.ndim != 4 or disp.shape[1] != 2:
-        raise ValueError(f"disp must be (batch, 2, ny, nx), got {tuple(disp.shape)}")
+    _check_disp(disp)
+    pos = _midpoint_positions(_sanitize_disp(disp), boundary, iterations)
+    return pos[:, 1], pos[:, 0]
+
+
+def departure_stencil(
+    disp: torch.Tensor,
+    boundary: str = "closed",
+    iterations: int = 2,
+    clean: bool = False,
+) -> Stencil:
+    """Bilinear stencil at the departure points of :func:`departure_from_displacement`.
+
+    ``clean=True`` promises that ``disp`` holds no NaN and nothing beyond
+    ``finfo.max / 8`` in magnitude (skips :func:`sanitize`).
+    """
+    check_boundary(boundary)
+    _check_disp(disp)
+    if not clean:
+        disp = _sanitize_disp(disp)
     ny, nx = disp.shape[-2:]
-    # a displacement beyond a few million cells is meaningless; the bound
-    # keeps infinities out of the interpolation (inf * 0 weight = NaN)
-    disp = sanitize(disp, min(_PERIODIC_WRAPS * max(ny, nx), torch.finfo(disp.dtype).max / 8))
-    gy, gx = grid_coordinates(ny, nx, disp)
-    d = disp
-    for _ in range(int(iterations)):
-        st = bilinear_stencil(
-            gy - 0.5 * d[:, 1], gx - 0.5 * d[:, 0], (ny, nx), boundary, finite=True
-        )
-        d = apply_stencil(disp, st)
-    return gy - d[:, 1], gx - d[:, 0]
+    return _stencil(_midpoint_positions(disp, boundary, iterations), ny, nx, boundary)
 
 
 def departure_points(
@@ -395,19 +510,19 @@ def departure_points(
 
     Second-order midpoint rule: the displacement ``d`` over ``dt`` ending on
     the grid point ``r`` solves ``d = dt * w(r - d / 2)``, found by
-    ``iterations`` (default 2) fixed-point iterations; the departure point is
-    ``r - d``.  The velocity is held fixed during the step.
+    ``iterations`` (default 2) fixed-point iterations from ``d = dt * w(r)``;
+    the departure point is ``r - d``.  The velocity is held fixed during the
+    step.
 
     Parameters
     ----------
     u, v : Tensor, shape (batch, ny, nx)
         Velocity components along ``x`` (last axis) and ``y`` (second-last
-        axis), in grid-spacing units per time unit (``dx`` per ``dt`` unit).
+        axis), in length units of ``dx``/``dy`` per time unit of ``dt``.
     dt : float
         Time step (> 0).
     dx, dy : float
-        Grid spacings along ``x`` and ``y`` (> 0), same length unit as the
-        velocity times the time unit.
+        Grid spacings along ``x`` and ``y`` (> 0).
     boundary : {"closed", "periodic"}
     iterations : int
         Fixed-point iterations (0 gives the first-order Euler departure point).
@@ -429,6 +544,7 @@ __all__ = [
     "check_boundary",
     "departure_from_displacement",
     "departure_points",
+    "departure_stencil",
     "grid_coordinates",
     "interp2d",
     "sanitize",

@@ -1,0 +1,47 @@
+"""The learning layer: inversion networks trained on the 4DVAR cost, baselines and joint dynamics.
+
+Works on tensors only (no xarray): observations are
+:class:`~xda_hybrid.observation.Observations`, states ``(batch, channel, *space)``.
+"""
+from .checkpoints import load_checkpoint, save_checkpoint
+from .cycling import (
+    CycleResult,
+    background_inv_var,
+    cycle,
+    cycled_fourdvar,
+    cycled_network,
+    cycled_training_data,
+    forecast,
+)
+from .data import TrainingData
+from .dynamics import NeuralLorenz96
+from .inversion import InversionNetwork
+from .methods import Over4DVarResult, first_guess, hybrid, over4dvar, predict
+from .networks import CircularCNN1d, UNet2d
+from .training import TrainResult, evaluate_obs_cost, fit_supervised, train
+
+__all__ = [
+    "CircularCNN1d",
+    "CycleResult",
+    "NeuralLorenz96",
+    "InversionNetwork",
+    "Over4DVarResult",
+    "TrainResult",
+    "TrainingData",
+    "UNet2d",
+    "background_inv_var",
+    "cycle",
+    "cycled_fourdvar",
+    "cycled_network",
+    "cycled_training_data",
+    "evaluate_obs_cost",
+    "first_guess",
+    "forecast",
+    "fit_supervised",
+    "hybrid",
+    "load_checkpoint",
+    "over4dvar",
+    "predict",
+    "save_checkpoint",
+    "train",
+]
