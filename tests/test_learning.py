@@ -275,9 +275,10 @@ def test_forcing_recovered_from_observations():
     model, op, cost = setup(forcing=6.0)
     model.learn("forcing")
     net = InversionNetwork.for_model(model, WINDOW, op, **NET).fit_normalisation(obs)
-    res = train(net, cost, TrainingData(obs), epochs=15, batch_size=32, lr=3e-3, dynamics_lr=0.1)
-    f = float(model.forcing)
-    assert res.history[-1]["parameters"]["forcing"] == pytest.approx(f) or res.best_epoch < 15
+    res = train(net, cost, TrainingData(obs), epochs=15, batch_size=32, lr=3e-3, dynamics_lr=0.5)
+    f = float(model.forcing.detach())
+    assert model.forcing.requires_grad and model.forcing.dtype == torch.float64
+    assert res.history[res.best_epoch - 1]["parameters"]["forcing"] == pytest.approx(f)  # best epoch restored
     assert abs(f - 8.0) < 0.05 * 8.0, f
 
 
@@ -311,9 +312,10 @@ def test_over4dvar_close_to_fourdvar(twin):
     model, op, cost = setup()
     x_fg = first_guess(obs, op, 1)
     net = InversionNetwork.for_model(model, WINDOW, op, **NET).fit_normalisation(obs)
-    out = over4dvar(net, cost, TrainingData(obs), max_iter=30, x_init=x_fg, epochs=25, batch_size=32, lr=3e-3)
+    out = over4dvar(net, cost, TrainingData(obs), max_iter=30, x_init=x_fg, epochs=30, batch_size=32, lr=1e-2,
+                    val_fraction=0.0)
     r4 = traj_rmse(cost, out.analyses, truth)
-    r_over = traj_rmse(cost, predict(net, obs), truth)
+    r_over = traj_rmse(cost, predict(net, obs), truth)  # on the (fitted) training windows
     assert r_over < 1.5 * r4, (r_over, r4)
     # iterative variant: one more round warm-started by the network
     it = over4dvar(net, cost, TrainingData(obs[:64]), max_iter=30, rounds=2, refine_iter=5, epochs=2, batch_size=32)
@@ -395,4 +397,4 @@ def test_forcing_recovered_tightly():
     model.learn("forcing")
     net = InversionNetwork.for_model(model, WINDOW, op, width=32, depth=3).fit_normalisation(obs)
     train(net, cost, TrainingData(obs), epochs=30, batch_size=64, lr=2e-3, dynamics_lr=0.05)
-    assert abs(float(model.forcing) - 8.0) < 0.01 * 8.0, float(model.forcing)
+    assert abs(float(model.forcing.detach()) - 8.0) < 0.01 * 8.0, float(model.forcing.detach())

@@ -80,6 +80,13 @@ def test_adjoint_dot_product(name, boundary):
     assert adjoint_dot_product(lambda z: m(z, 4), x) < 1e-10
 
 
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_adjoint_dot_product_with_diffusion_and_nonunit_grid(boundary):
+    m = ImageModel(boundary=boundary, diffusion=0.2, dt=0.7, dx=1.3, dy=0.9)
+    x = smooth_state(12, 16, batch=2, speed=1.5)
+    assert adjoint_dot_product(lambda z: m(z, 4), x) < 1e-10
+
+
 def test_learn_diffusion_gets_gradient():
     m = ImageModel(boundary="periodic", diffusion=0.1).learn("diffusion")
     x = smooth_state(12, 16)
