@@ -125,6 +125,10 @@ def main() -> None:
     rmse_4dvar = traj_rmse(cost, r4.x, truth_te)
     rows.append(("4DVAR (L-BFGS, batched)", rmse_4dvar, t4,
                  f"max_iter {fourdvar_iter}, mean {r4.n_iter.double().mean():.1f} it., {r4.n_eval} batched evals"))
+    n_seq = 10  # the same solver one window at a time, as a per-window 4DVAR code would run
+    t_seq = sum(fourdvar(cost, obs_te[i : i + 1], fg[i : i + 1], max_iter=fourdvar_iter).wall_time
+                for i in range(n_seq)) / n_seq
+    rows.append(("4DVAR, one window at a time", float("nan"), t_seq, f"timed on {n_seq} windows"))
 
     # --- learned inversion (4DVAR cost, observations only) ---
     t = time.perf_counter()
@@ -134,7 +138,8 @@ def main() -> None:
     x_net, t_pred = timed_predict(net, obs_te32)
     rmse_net = traj_rmse(cost, x_net, truth_te)
     rows.append(("learned inversion (one pass)", rmse_net, t_pred / n_test,
-                 f"{t4 * n_test / t_pred:.0f}x faster than 4DVAR; trained {t_train:.0f} s, best epoch {fit.best_epoch}"))
+                 f"{t4 * n_test / t_pred:.0f}x faster than batched 4DVAR, {t_seq * n_test / t_pred:.0f}x than "
+                 f"one-at-a-time; trained {t_train:.0f} s, best epoch {fit.best_epoch}"))
 
     # --- hybrid: network then ≤ 10 4DVAR iterations ---
     rh = fourdvar(cost, obs_te, x_net.double(), max_iter=hybrid_iter)
@@ -200,7 +205,8 @@ def main() -> None:
     print("-" * 110)
     for name, r, sec, note in rows:
         ms = "" if sec != sec else f"{1e3 * sec:10.3f}"
-        print(f"{name:<52} {r:10.3f} {ms:>10}  {note}")
+        rm = "" if r != r else f"{r:10.3f}"
+        print(f"{name:<52} {rm:>10} {ms:>10}  {note}")
     print("-" * 110)
     print(f"forcing learned jointly from F=6.0: {f_hat:.3f} (true 8.0, error {abs(f_hat - 8) / 8:.2%}; "
           f"{fit_f.history[-1]['epoch']} epochs, {t_f:.0f} s); learned RMSE with it: "
@@ -209,7 +215,9 @@ def main() -> None:
     print("targets (issue 3):")
     ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
     print(f"  learned RMSE <= 1.1 x 4DVAR:        {rmse_net:.3f} vs {1.1 * rmse_4dvar:.3f}  {ok(rmse_net <= 1.1 * rmse_4dvar)}")
-    print(f"  learned >= 100x faster than 4DVAR:  {t4 * n_test / t_pred:.0f}x  {ok(t4 * n_test / t_pred >= 100)}")
+    print(f"  learned >= 100x faster than 4DVAR:  {t4 * n_test / t_pred:.0f}x (batched), "
+          f"{t_seq * n_test / t_pred:.0f}x (one window at a time)  {ok(t4 * n_test / t_pred >= 100)} / "
+          f"{ok(t_seq * n_test / t_pred >= 100)}")
     print(f"  hybrid RMSE <= 4DVAR at <= 1/5 time: {rmse_h:.3f} vs {rmse_4dvar:.3f}, time ratio {t_h / t4:.2f}  "
           f"{ok(rmse_h <= rmse_4dvar and t_h <= t4 / 5)}")
     print(f"  forcing within 2 % of 8:            {f_hat:.3f}  {ok(abs(f_hat - 8) <= 0.16)}")

@@ -33,7 +33,7 @@ from xda_hybrid.learning import (
 from xda_hybrid.models.lorenz96 import Lorenz96
 from xda_hybrid.models.shallow_water import ShallowWater
 from xda_hybrid.observation import ObservationOperator, Observations
-from xda_hybrid.variational import Background, FourDVarCost, fourdvar
+from xda_hybrid.variational import FourDVarCost, fourdvar
 
 WINDOW = 10
 NET = dict(width=32, depth=3, kernel_size=5)

@@ -1,3 +1,4 @@
+"""``python -m xda_hybrid`` runs the ``xda-hybrid`` command line."""
 import sys
 
 from .cli import main

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.motion import cloud_masks, random_velocity, sst_tracer
+from ..data.motion import cloud_masks, random_field, random_velocity, sst_tracer
 from ..models.advection import Advection
 from ..models.image import ImageModel
 
@@ -56,6 +56,8 @@ def forced_tracer_twin(
     noise: float = 0.02,
     boundary: str = "periodic",
     spinup: int = 20,
+    tracer: str = "sst",
+    tracer_wavelength: float | None = None,
     seed: int = 0,
 ) -> MotionTwin:
     """Tracer windows whose truth is the image model plus optional unmodelled dynamics.
@@ -84,6 +86,13 @@ def forced_tracer_twin(
     boundary : {"periodic", "closed"}
     spinup : int
         Frames of tracer stirring by the initial flow before the window.
+    tracer : {"sst", "texture"}
+        ``"sst"``: the SST-like field of :func:`~xda_hybrid.data.motion.sst_tracer`
+        (large-scale gradient plus mesoscale eddies); ``"texture"``: a unit-std
+        band-limited random field (peak at ``tracer_wavelength`` cells, default
+        ``size / 6``), rich in structure at every place — a well-posed motion problem.
+    tracer_wavelength : float, optional
+        Peak wavelength of the tracer's mesoscale part, cells.
     seed : int
     """
     gen = torch.Generator().manual_seed(int(seed))
@@ -91,7 +100,12 @@ def forced_tracer_twin(
     x0s, fs, masks = [], [], []
     for _ in range(int(n_windows)):
         w = random_velocity(size, size, gen, speed=speed, boundary=boundary)
-        c = sst_tracer(size, size, gen, boundary=boundary)
+        if tracer == "sst":
+            c = sst_tracer(size, size, gen, boundary=boundary, wavelength=tracer_wavelength)
+        elif tracer == "texture":
+            c = random_field(size, size, tracer_wavelength or size / 6, gen)
+        else:
+            raise ValueError(f"tracer must be 'sst' or 'texture', got {tracer!r}")
         f = random_velocity(size, size, gen, speed=1.0, wavelength=size, boundary=boundary)
         x0s.append(torch.cat([w, c[None]])[None])
         fs.append(float(forcing) * f[None])
