@@ -3,11 +3,16 @@
     python benchmarks/data_loading.py [--quick] [--device cuda]
 
 For each catalog dataset (tracer_motion 64×64, lorenz96 N=40, shallow_water 64×64), the
-observations are opened lazily from the cached netCDF file (dask chunks along time), cut into
-windows with xbatcher (``ds.da4d.windows``) and streamed by a torch ``DataLoader``; one training
-step is the network pass, the model over the window, the 4DVAR cost, backward and an Adam step on
-the same batch (public API of ``xda_hybrid.learning``).  Prints the median time per batch of each
-and the loading fraction ``load / (load + step)`` (target < 5 %).
+observations are opened lazily from the cached netCDF file, cut into windows with xbatcher
+(``ds.da4d.windows``) and streamed by a torch ``DataLoader`` in two ways:
+
+* ``file/shuffled``: no dask, windows in a seeded random order (the training setting);
+* ``dask/sequential``: dask chunks of 16 frames, windows in time order (``fit``'s collection pass
+  and ``assimilate``'s batches).
+
+One training step is the network pass, the model over the window, the 4DVAR cost, backward and an
+Adam step on the same batch (public API of ``xda_hybrid.learning``).  Prints the median time per
+batch of each and the loading share ``load / (load + step)`` (target < 5 %).
 """
 from __future__ import annotations
 
@@ -31,11 +36,11 @@ CASES = {
 }
 
 
-def bench(name: str, params: dict, window: int, batch_size: int, device: str, n_batches: int) -> dict:
-    ds = xh.open_dataset(name, chunks={"time": 16}, **params)
+def bench(name: str, params: dict, window: int, batch_size: int, device: str, n_batches: int, mode: str) -> dict:
+    ds = xh.open_dataset(name, chunks={"time": 16} if mode.startswith("dask") else None, **params)
     prob = ds.da4d.problem()
     wins = ds.da4d.windows(window, stride=1)
-    loader = window_loader(wins, batch_size=batch_size, shuffle=True, seed=0)
+    loader = window_loader(wins, batch_size=batch_size, shuffle=mode.endswith("shuffled"), seed=0)
     cost = _engine.make_cost(prob, window, *_engine.regularisation_weights(prob, None, None)).to(device)
     net = InversionNetwork.for_model(prob.model, window, cost.obs_operator).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -76,10 +81,12 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     print(describe())
-    print(f"{'dataset':<14} {'window':>6} {'batch':>5} {'load [ms]':>10} {'step [ms]':>10} {'load share':>10}")
+    print(f"{'dataset':<14} {'loading':<16} {'window':>6} {'batch':>5} {'load [ms]':>10} {'step [ms]':>10} {'load share':>10}")
     for name, (params, window, bs, _) in CASES.items():
-        r = bench(name, params, window, bs, args.device, 3 if args.quick else 10)
-        print(f"{name:<14} {window:>6} {bs:>5} {1e3 * r['load']:>10.2f} {1e3 * r['step']:>10.1f} {r['fraction']:>10.2%}")
+        for mode in ("file/shuffled", "dask/sequential"):
+            r = bench(name, params, window, bs, args.device, 3 if args.quick else 10, mode)
+            print(f"{name:<14} {mode:<16} {window:>6} {bs:>5} {1e3 * r['load']:>10.2f} {1e3 * r['step']:>10.1f} "
+                  f"{r['fraction']:>10.2%}")
 
 
 if __name__ == "__main__":

@@ -396,5 +396,5 @@ def test_forcing_recovered_tightly():
     model, op, cost = setup(forcing=6.0)
     model.learn("forcing")
     net = InversionNetwork.for_model(model, WINDOW, op, width=32, depth=3).fit_normalisation(obs)
-    train(net, cost, TrainingData(obs), epochs=30, batch_size=64, lr=2e-3, dynamics_lr=0.05)
+    train(net, cost, TrainingData(obs), epochs=20, batch_size=32, lr=2e-3, dynamics_lr=0.1)
     assert abs(float(model.forcing.detach()) - 8.0) < 0.01 * 8.0, float(model.forcing.detach())

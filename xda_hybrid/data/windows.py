@@ -99,9 +99,10 @@ class TimeWindows(torch.utils.data.Dataset):
         self.starts = window_starts(self.n_time, self.window, self.stride, cover_end)
         self._regular = len(range(0, self.n_time - self.window + 1, self.stride))
         self._sub = sub
+        self._lazy = any(hasattr(sub[v].data, "dask") for v in sub.data_vars)
         input_dims = {"time": self.window, **{d: sub.sizes[d] for d in self.spatial_dims}}
         self._batches = xbatcher.BatchGenerator(
-            sub, input_dims=input_dims, input_overlap={"time": self.window - self.stride}
+            sub, input_dims=input_dims, input_overlap={"time": self.window - self.stride}, preload_batch=False
         )
         if len(self._batches) != self._regular:  # pragma: no cover - xbatcher behaviour change
             raise RuntimeError(f"xbatcher made {len(self._batches)} windows, expected {self._regular}")
@@ -115,18 +116,57 @@ class TimeWindows(torch.utils.data.Dataset):
         s = self.starts[i]
         return self._sub.isel(time=slice(s, s + self.window))
 
-    def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(values, inv_var)`` numpy arrays of window ``i``, each ``(window, C, *space)``."""
+    def _check_index(self, i: int) -> int:
+        i = int(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"window {i} out of range ({len(self)} windows)")
-        i = i % len(self)
-        w = self._window_dataset(i)
+        return i % len(self)
+
+    def _raw(self, indices: Sequence[int]) -> list[list[np.ndarray]]:
+        """Per window, the arrays of the variables then of the std variables.
+
+        Isolated windows are read through xbatcher, one by one.  Runs of
+        overlapping or adjacent windows (sequential access, as in ``fit`` and
+        ``assimilate``) are read as one contiguous time span each and cut in
+        numpy; all the lazy (dask) reads of a request happen in a single
+        ``dask.compute``.
+        """
+        import dask
+
+        names = self.variables + [s for s in self.noise_std if isinstance(s, str)]
+        starts = [self.starts[i] for i in indices]
+        spans: list[list[int]] = []  # [first frame, end frame, window index or -1 for a merged span]
+        for i, s in sorted(zip(indices, starts), key=lambda p: p[1]):
+            if spans and s <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], s + self.window)
+                spans[-1][2] = -1
+            else:
+                spans.append([s, s + self.window, i])
+        lazy = []
+        for a, b, i in spans:
+            part = self._window_dataset(i) if i >= 0 else self._sub.isel(time=slice(a, b))
+            ref = part[self.variables[0]]
+            lazy.append([part[n].data if n in self.variables else part[n].broadcast_like(ref).transpose(*ref.dims).data
+                         for n in names])
+        flat = [x for group in lazy for x in group]
+        if self._lazy:
+            flat = list(dask.compute(*flat, scheduler="synchronous"))
+        k = len(names)
+        arrays = [[np.asarray(x, dtype=np.float64) for x in flat[j * k : (j + 1) * k]] for j in range(len(spans))]
+        out = []
+        for s in starts:
+            j = next(j for j, (a, b, _) in enumerate(spans) if a <= s and s + self.window <= b)
+            a = spans[j][0]
+            out.append([arr[s - a : s - a + self.window] for arr in arrays[j]])
+        return out
+
+    def _convert(self, raw: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        std_arrays = iter(raw[len(self.variables):])
         vals, ivs = [], []
-        for var, std in zip(self.variables, self.noise_std):
-            v = np.asarray(w[var].values, dtype=np.float64)
+        for v, std in zip(raw[: len(self.variables)], self.noise_std):
             missing = np.isnan(v)
             if isinstance(std, str):
-                s = np.asarray(w[std].broadcast_like(w[var]).transpose(*w[var].dims).values, dtype=np.float64)
+                s = next(std_arrays)
                 ok = ~missing & np.isfinite(s) & (s > 0)
                 iv = np.where(ok, 1.0 / np.where(ok, s, 1.0) ** 2, 0.0)
             else:
@@ -136,17 +176,31 @@ class TimeWindows(torch.utils.data.Dataset):
             ivs.append(iv)
         return np.stack(vals, 1).astype(self.dtype), np.stack(ivs, 1).astype(self.dtype)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        values, inv_var = self.arrays(int(i))
+    def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, inv_var)`` numpy arrays of window ``i``, each ``(window, C, *space)``."""
+        i = self._check_index(i)
+        return self._convert(self._raw([i])[0])
+
+    def _item(self, i: int, raw: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        values, inv_var = self._convert(raw)
         return {
             "values": torch.from_numpy(values),
             "inv_var": torch.from_numpy(inv_var),
-            "start": torch.tensor(self.starts[int(i) % len(self)], dtype=torch.int64),
+            "start": torch.tensor(self.starts[i], dtype=torch.int64),
         }
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        i = self._check_index(i)
+        return self._item(i, self._raw([i])[0])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """Several windows at once (used by ``DataLoader``): a dask-backed source is computed in one pass."""
+        idx = [self._check_index(i) for i in indices]
+        return [self._item(i, r) for i, r in zip(idx, self._raw(idx))]
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """Several windows stacked along a new leading axis (same keys as an item)."""
-        items = [self[i] for i in indices]
+        items = self.__getitems__(list(indices))
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 

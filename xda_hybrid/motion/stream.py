@@ -104,6 +104,26 @@ def velocity_to_stream(
     return psi - psi.mean(dim=(-2, -1), keepdim=True)
 
 
+def _spectral_filter(f: torch.Tensor, power: float, boundary: str) -> torch.Tensor:
+    """Apply ``(−Δ)^power`` (forward-difference Laplacian eigenvalues, mean mode → 0) to ``(..., ny, nx)``.
+
+    Periodic: FFT.  Closed: on the half-sample symmetric extension to ``(2ny, 2nx)``
+    (a DCT-II diagonalisation, so the operator is symmetric and ``power`` and
+    ``−power`` are exact inverses on zero-mean fields).
+    """
+    ny, nx = f.shape[-2:]
+    if boundary == "closed":
+        f = torch.cat([f, f.flip(-1)], -1)
+        f = torch.cat([f, f.flip(-2)], -2)
+    my, mx = f.shape[-2:]
+    ky = 2 * torch.pi * torch.fft.fftfreq(my, dtype=f.dtype, device=f.device)
+    kx = 2 * torch.pi * torch.fft.fftfreq(mx, dtype=f.dtype, device=f.device)
+    lam = (4 * torch.sin(ky / 2) ** 2)[:, None] + (4 * torch.sin(kx / 2) ** 2)[None, :]
+    filt = torch.where(lam > 0, lam.clamp_min(torch.finfo(f.dtype).tiny) ** power, torch.zeros_like(lam))
+    out = torch.fft.ifft2(torch.fft.fft2(f) * filt).real
+    return out[..., :ny, :nx]
+
+
 class StreamFunctionCost(torch.nn.Module):
     """Reparametrisation of a 4DVAR cost: the velocity channels replaced by one stream function.
 
@@ -115,13 +135,21 @@ class StreamFunctionCost(torch.nn.Module):
     :meth:`to_inner` / :meth:`from_inner` convert controls, and every other
     attribute (``model``, ``window``, ``obs_operator``...) is the inner cost's.
 
+    With ``precondition=True`` (default) the control's first channel is not ψ
+    itself but ``χ = (−Δ)^{1/2} ψ`` (spectral, mean mode dropped): ``w = curl
+    (−Δ)^{−1/2} χ`` then has the size and the scale content of ``χ``, so that the
+    L-BFGS sees a problem conditioned like the ``(u, v)`` control instead of one
+    with an extra ``k²`` (same minimum, far fewer iterations).
+
     Parameters
     ----------
     cost : FourDVarCost
         On a model with ``velocity_names == ("u", "v")`` in channels 0, 1 and ``dx == dy``.
+    precondition : bool
+        Control ``χ = (−Δ)^{1/2} ψ`` instead of ``ψ``.
     """
 
-    def __init__(self, cost: FourDVarCost):
+    def __init__(self, cost: FourDVarCost, precondition: bool = True):
         super().__init__()
         model: DynamicalModel = cost.model
         if tuple(model.velocity_names) != ("u", "v") or model.channel("u") != 0 or model.channel("v") != 1:
@@ -133,6 +161,7 @@ class StreamFunctionCost(torch.nn.Module):
         self.inner = cost
         self.dx = dx
         self.boundary = getattr(model, "boundary", "periodic")
+        self.precondition = bool(precondition)
 
     def __getattr__(self, name):
         try:
@@ -143,14 +172,21 @@ class StreamFunctionCost(torch.nn.Module):
                 raise
             return getattr(inner, name)
 
+    def stream(self, control: torch.Tensor) -> torch.Tensor:
+        """The stream function ψ ``(batch, ny, nx)`` of a control."""
+        c = control[:, 0]
+        return _spectral_filter(c, -0.5, self.boundary) if self.precondition else c
+
     def to_inner(self, control: torch.Tensor) -> torch.Tensor:
-        """``(ψ, rest…)`` → the inner cost's control ``(u, v, rest…)``."""
-        u, v = stream_to_velocity(control[:, 0], self.boundary, self.dx)
+        """``(ψ or χ, rest…)`` → the inner cost's control ``(u, v, rest…)``."""
+        u, v = stream_to_velocity(self.stream(control), self.boundary, self.dx)
         return torch.cat([u[:, None], v[:, None], control[:, 1:]], 1)
 
     def from_inner(self, control: torch.Tensor) -> torch.Tensor:
-        """Inner control ``(u, v, rest…)`` → ``(ψ, rest…)`` (least-squares ψ; the divergent part is dropped)."""
+        """Inner control ``(u, v, rest…)`` → ``(ψ or χ, rest…)`` (least-squares ψ; the divergent part is dropped)."""
         psi = velocity_to_stream(control[:, 0], control[:, 1], self.boundary, self.dx)
+        if self.precondition:
+            psi = _spectral_filter(psi, 0.5, self.boundary)
         return torch.cat([psi[:, None], control[:, 2:]], 1)
 
     def trajectory(self, control: torch.Tensor) -> torch.Tensor:

@@ -214,7 +214,7 @@ def fourdvar_motion(
         extra["history"] = torch.cat(history)
     inner_c = c
     if control == "stream":
-        extra["psi"] = c[:, 0].detach()
+        extra["psi"] = cost.stream(c).detach()
         inner_c = cost.to_inner(c).detach()
     if constraint == "weak":
         state, eta = cost.inner.split(inner_c) if control == "stream" else cost.split(inner_c)
