@@ -171,3 +171,15 @@ def test_shallow_water_observation_frames(data_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ds.attrs["dt"] > 0 and ds.attrs["dx"] == pytest.approx(1000e3 / 12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_default_datasets_reproduce_the_registry(data_dir, name):
+    """Fails when a generator's output changed: update xda_hybrid/data/registry.txt (xda-hybrid datasets --registry)."""
+    fname = cache.cache_key(name, datasets.normalise_parameters(name, {}))
+    ref = cache.reference_hashes()[fname]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cache.ReproducibilityWarning)
+        path = cache.fetch(name)
+    assert cache._sha256(path) == ref

@@ -274,3 +274,20 @@ def test_image_fit_and_learned_pass():
     f = ds.da4d.fit(window=3, epochs=1, batch_size=2, progress=False, network={"width": 4, "levels": 1})
     an = ds.da4d.assimilate(f)
     assert an["u"].attrs["units"] == "m s-1" and np.isfinite(an["u"].values).all()
+
+
+def test_contract_names():
+    for name in ("catalog", "open_dataset", "load", "Fitted", "DA4DAccessor", "get_model"):
+        assert hasattr(xh, name) and name in xh.__all__, name
+    acc = xr.Dataset().da4d
+    for meth in ("fit", "assimilate", "problem", "windows"):
+        assert callable(getattr(acc, meth))
+    import inspect
+
+    params = inspect.signature(type(acc).assimilate).parameters
+    for p in ("fitted", "method", "model", "model_params", "window", "iterations", "cycle", "progress"):
+        assert p in params, p
+    params = inspect.signature(type(acc).fit).parameters
+    for p in ("model", "window", "stride", "epochs", "batch_size", "method", "learn", "device", "progress",
+              "validation", "seed"):
+        assert p in params, p

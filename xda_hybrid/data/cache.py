@@ -207,8 +207,10 @@ def fetch(name: str, **params) -> Path:
             if reference is not None and got != reference:
                 warnings.warn(
                     f"{fname} was generated with SHA-256 {got[:12]}… but the packaged reference is "
-                    f"{reference[:12]}…: this floating-point environment (torch/CPU build) does not reproduce "
-                    f"the reference bits; the data are valid and cached with their own hash",
+                    f"{reference[:12]}…: either this floating-point environment (torch/CPU build) does not "
+                    f"reproduce the reference bits or the generator changed since the registry was recorded "
+                    f"(`xda-hybrid datasets --registry` prints new lines); the data are used and cached with "
+                    f"their own hash",
                     ReproducibilityWarning,
                     stacklevel=2,
                 )

@@ -36,9 +36,20 @@ def _frame(da: xr.DataArray, time: Any) -> xr.DataArray:
     return da.sel(time=time, method="nearest")
 
 
+def _axis(da: xr.DataArray, dim: str) -> tuple[np.ndarray, str]:
+    """Coordinate values for plotting (metres shown in km) and the axis label."""
+    if dim not in da.coords:
+        return np.arange(da.sizes[dim]), dim
+    units = str(da[dim].attrs.get("units", ""))
+    vals = np.asarray(da[dim].values, dtype=float)
+    if units in ("m", "metre", "metres", "meter", "meters"):
+        return vals / 1e3, f"{dim} [km]"
+    return vals, f"{dim} [{units}]" if units else dim
+
+
 def _velocity_panel(ax, u: xr.DataArray, v: xr.DataArray, vmax: float, title: str, arrows: int, streamlines: bool):
-    x = u["x"].values if "x" in u.coords else np.arange(u.sizes["x"])
-    y = u["y"].values if "y" in u.coords else np.arange(u.sizes["y"])
+    x, xlabel = _axis(u, "x")
+    y, ylabel = _axis(u, "y")
     uu, vv = np.asarray(u.transpose("y", "x").values, float), np.asarray(v.transpose("y", "x").values, float)
     speed = np.hypot(uu, vv)
     im = ax.pcolormesh(x, y, speed, shading="auto", vmin=0, vmax=vmax, cmap="viridis")
@@ -50,8 +61,8 @@ def _velocity_panel(ax, u: xr.DataArray, v: xr.DataArray, vmax: float, title: st
                   scale_units="width", width=0.004)
     ax.set_title(title, fontsize=10)
     ax.set_aspect("equal")
-    ax.set_xlabel(f"x [{u['x'].attrs.get('units', '')}]" if "x" in u.coords else "x")
-    ax.set_ylabel(f"y [{u['y'].attrs.get('units', '')}]" if "y" in u.coords else "y")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     return im
 
 
@@ -117,8 +128,10 @@ def plot_errors(
     axes = fig.subplots(1, len(errs), squeeze=False)[0]
     im = None
     for ax, (name, e) in zip(axes, errs.items()):
-        x = e["x"].values if "x" in e.coords else np.arange(e.sizes["x"])
-        y = e["y"].values if "y" in e.coords else np.arange(e.sizes["y"])
+        x, xlabel = _axis(e, "x")
+        y, ylabel = _axis(e, "y")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         im = ax.pcolormesh(x, y, e.values, shading="auto", vmin=0, vmax=vmax, cmap="magma")
         ax.set_title(f"{name}: mean {float(np.nanmean(e.values)):.3g}", fontsize=10)
         ax.set_aspect("equal")

@@ -109,8 +109,8 @@ def fourdvar_motion(
     control: str = "velocity",
     constraint: str = "strong",
     error: str = "constant",
-    error_weight: float = 1e3,
-    error_grad_weight: float = 1e6,
+    error_weight: float = 10.0,
+    error_grad_weight: float = 1e3,
     error_time_weight: float = 0.0,
     error_scale: float = 0.03,
     max_iter: int = 300,
@@ -144,7 +144,8 @@ def fourdvar_motion(
     max_iter : int
         L-BFGS iterations over all continuation stages.
     continuation : sequence of float, optional
-        Factors on α, β for successive stages, ending with 1 (None or ``(1,)``: one stage).
+        Factors on α, β (and on the model-error weights ``q, q_∇, q_t``) for
+        successive stages, ending with 1 (None or ``(1,)``: one stage).
     stage_fractions : sequence of float, optional
         Share of ``max_iter`` per stage (default 20 %, 20 %, 60 % for three stages).
     x_init : Tensor (batch, C, ny, nx), optional
@@ -178,9 +179,9 @@ def fourdvar_motion(
     def make_cost(mult: float):
         kw = dict(grad_weight=grad_weight * mult, div_weight=div_weight * mult)
         if constraint == "weak":
-            c = WeakFourDVarCost(model, op, window, error=error, error_weight=error_weight,
-                                 error_grad_weight=error_grad_weight, error_time_weight=error_time_weight,
-                                 error_scale=error_scale, **kw)
+            c = WeakFourDVarCost(model, op, window, error=error, error_weight=error_weight * mult,
+                                 error_grad_weight=error_grad_weight * mult,
+                                 error_time_weight=error_time_weight * mult, error_scale=error_scale, **kw)
         else:
             c = FourDVarCost(model, op, window, **kw)
         return StreamFunctionCost(c) if control == "stream" else c
