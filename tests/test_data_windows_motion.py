@@ -25,10 +25,13 @@ def test_window_starts():
         window_starts(3, 4, 1)
 
 
+@pytest.mark.parametrize("preload", [True, False])
 @pytest.mark.parametrize("order", [("time", "y", "x"), ("x", "time", "y")])
-def test_time_windows_values_and_order(order):
+def test_time_windows_values_and_order(order, preload):
     ds = _ds(order=order)
-    w = TimeWindows(ds, ["a_obs", "b_obs"], window=4, stride=2, spatial_dims=("y", "x"), noise_std=[0.5, 2.0])
+    w = TimeWindows(ds, ["a_obs", "b_obs"], window=4, stride=2, spatial_dims=("y", "x"), noise_std=[0.5, 2.0],
+                    preload=preload)
+    assert (w._memory is not None) == preload
     assert len(w) == 5
     item = w[1]
     assert item["values"].shape == (4, 2, 3, 4) and item["values"].dtype == torch.float32
@@ -41,12 +44,14 @@ def test_time_windows_values_and_order(order):
     assert int(w[4]["start"]) == 8
 
 
-def test_per_point_std_and_tail_window():
+@pytest.mark.parametrize("preload", [True, False])
+def test_per_point_std_and_tail_window(preload):
     ds = _ds(nt=7)
     std = xr.DataArray(np.full((3, 4), 2.0, "f4"), dims=("y", "x"))
     std[1, 1] = -1.0  # non-positive: counts as unobserved
     ds["a_obs_std"] = std
-    w = TimeWindows(ds, ["a_obs"], window=3, stride=3, spatial_dims=("y", "x"), noise_std=["a_obs_std"], cover_end=True)
+    w = TimeWindows(ds, ["a_obs"], window=3, stride=3, spatial_dims=("y", "x"), noise_std=["a_obs_std"], cover_end=True,
+                    preload=preload)
     assert w.starts == [0, 3, 4]
     item = w[2]
     assert item["inv_var"][0, 0, 1, 1] == 0 and torch.isnan(item["values"][0, 0, 1, 1])
@@ -57,10 +62,17 @@ def test_loader_and_dask_source():
     ds = _ds(nt=20)
     eager = TimeWindows(ds, ["a_obs"], 5, 1, ("y", "x"), [1.0])
     lazy = TimeWindows(ds.chunk({"time": 3}), ["a_obs"], 5, 1, ("y", "x"), [1.0])
+    assert eager._memory is not None and lazy._memory is None  # dask sources are never preloaded
+    unloaded = TimeWindows(ds, ["a_obs"], 5, 1, ("y", "x"), [1.0], preload=False)
+    np.testing.assert_array_equal(unloaded.batch([3, 0, 9, 4])["values"].numpy(),
+                                  eager.batch([3, 0, 9, 4])["values"].numpy())
     batches = list(window_loader(lazy, batch_size=4))
     assert len(batches) == 4 and batches[0]["values"].shape == (4, 5, 1, 3, 4)
     np.testing.assert_array_equal(torch.cat([b["values"] for b in batches]).numpy(),
                                   eager.batch(range(len(eager)))["values"].numpy())
+    lazy._block_frames = 6  # force the random-access path (spans, xbatcher windows) of a lazy source
+    lazy._block = None
+    np.testing.assert_array_equal(lazy.batch([9, 0, 1, 15])["values"].numpy(), eager.batch([9, 0, 1, 15])["values"].numpy())
     order = [int(s) for b in window_loader(eager, batch_size=4, shuffle=True, seed=1) for s in b["start"]]
     assert sorted(order) == list(range(16)) and order != list(range(16))
 

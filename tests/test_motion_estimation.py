@@ -24,6 +24,16 @@ from xda_hybrid.variational import FourDVarCost
 from xda_hybrid.variational.regularisers import divergence
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many small tensor ops: one intra-op thread is as fast on an idle machine and
+    far faster on a loaded one (two spinning threads on two shared cores); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def twin():
     """Two 32×32 windows of 10 frames: smooth flow (mean speed ≈ 0.2 cell/frame), textured
@@ -186,3 +196,32 @@ def test_optical_flow_missing_cv2_message(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(ImportError, match="opencv-python-headless"):
         optical_flow(_translating(n=16, frames=2))
+
+
+# --- learned inversion and hybrid (drivers over xda_hybrid.learning) ------------------------------
+
+def test_learned_and_hybrid_drivers():
+    from xda_hybrid.motion import MotionInversionNetwork, hybrid_motion, learned_motion, train_motion_inversion
+
+    tw = forced_tracer_twin(n_windows=4, size=16, window=4, speed=0.5, cloud_fraction=0.3, tracer="texture",
+                            seed=2)
+    frames, std = tw.obs.float(), tw.noise_std.float()
+    net, res = train_motion_inversion(frames, std, tw.model, grad_weight=1e3, width=4, levels=1, epochs=3,
+                                      batch_size=2, val_fraction=0.0, continuation=(10.0, 1.0))
+    assert isinstance(net, MotionInversionNetwork)
+    assert [h["stage_factor"] for h in res.history] == [10.0, 1.0, 1.0]
+    # an untrained residual network returns the classical first guess (0, 0, I₀)
+    fresh = MotionInversionNetwork.from_config(net.config).fit_normalisation(
+        motion_observations(frames, std), unobserved_scale=0.2)
+    torch.testing.assert_close(learned_motion(fresh, frames, std).state, motion_first_guess(frames))
+    est = learned_motion(net, frames, std)
+    assert est.u.shape == (4, 16, 16) and torch.isfinite(est.state).all() and est.method == "learned"
+    hyb = hybrid_motion(net, frames, std, tw.model, max_iter=5, grad_weight=1e3)
+    assert hyb.method == "hybrid" and hyb.n_iter.max() <= 5
+    # the hybrid never ends above the network's own cost
+    from xda_hybrid.motion import motion_cost
+
+    cost = motion_cost(tw.model, 4, grad_weight=1e3)
+    obs = motion_observations(frames, std)
+    with torch.no_grad():
+        assert (cost(hyb.state, obs)["total"] <= cost(est.state, obs)["total"] * (1 + 1e-5)).all()

@@ -13,6 +13,16 @@ from xda_hybrid.variational import FourDVarCost
 from xda_hybrid.variational.weak import WeakFourDVarCost, weak_fourdvar
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many small tensor ops: one intra-op thread is as fast on an idle machine and
+    far faster on a loaded one (two spinning threads on two shared cores); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _image_problem(n=8, window=4, batch=2, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     model = ImageModel(boundary="periodic")

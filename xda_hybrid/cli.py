@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -197,7 +196,9 @@ def _cmd_demo(args) -> int:
     from .front import plots
 
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 2)))
+    # one thread by default: the tensors are small, and several OpenMP threads on a busy
+    # (shared or oversubscribed) machine can be 10-30x slower than one
+    torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.quick:
@@ -255,9 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="xda-hybrid-demo", help="output folder (default ./xda-hybrid-demo)")
     d.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds (for tests)")
     d.add_argument("--size", type=int, default=32, help="cells per side (default 32)")
-    d.add_argument("--length", type=int, default=48, help="frames (default 48)")
+    d.add_argument("--length", type=int, default=64, help="frames (default 64; the first 70 %% train the network)")
     d.add_argument("--window", type=int, default=5)
-    d.add_argument("--epochs", type=int, default=40)
+    d.add_argument("--epochs", type=int, default=300)
+    d.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     d.add_argument("--batch-size", type=int, default=8)
     d.add_argument("--lr", type=float, default=3e-3)
     d.add_argument("--iterations", type=int, default=100, help="4DVAR iterations per window")

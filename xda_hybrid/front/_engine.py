@@ -15,8 +15,8 @@ from ..observation import Observations
 from ..variational import FourDVarCost, fourdvar
 from ._problem import Problem
 
-#: default smoothness weight (velocity gradients in grid cells per frame) for velocity models
-DEFAULT_SMOOTHNESS = {"ImageModel": 1.0, "Advection": 1.0}
+#: default relative smoothness weight of the velocity (see :func:`regularisation_weights`)
+DEFAULT_SMOOTHNESS = {"ImageModel": 5.0, "Advection": 5.0}
 DEFAULT_ITERATIONS = {"4dvar": 100, "hybrid": 10, "learned": 0}
 
 
@@ -56,11 +56,14 @@ def first_guess(obs: Observations, n_channels: int, obs_channels: list[int]) -> 
 
 
 def regularisation_weights(problem: Problem, smoothness: float | None, divergence: float | None) -> tuple[float, float]:
-    """``grad_weight``, ``div_weight`` of :class:`FourDVarCost` from weights on velocities in cells per frame.
+    """``grad_weight``, ``div_weight`` of :class:`FourDVarCost` from relative, unit-free weights.
 
-    The cost's penalties act on velocity differences in the model's units;
-    multiplying by ``(dt/dx)²`` makes the user's weights independent of the
-    coordinate units.
+    The cost's penalties act on neighbour differences of the velocity in the
+    model's units.  The weights given here are relative: they are multiplied by
+    ``(dt/dx)²`` (velocity in grid cells per frame) and by the observations'
+    gradient signal-to-noise ``mean(Δy²/σ²)``
+    (:meth:`~xda_hybrid.front._problem.Problem.gradient_snr`), so the same
+    value suits any coordinate units, tracer units and noise level.
     """
     model = problem.model
     if not model.velocity_names:
@@ -72,9 +75,11 @@ def regularisation_weights(problem: Problem, smoothness: float | None, divergenc
     d = 0.0 if divergence is None else float(divergence)
     if s < 0 or d < 0 or not (math.isfinite(s) and math.isfinite(d)):
         raise ValueError(f"smoothness and divergence must be finite and >= 0, got {s}, {d}")
+    if s == 0 and d == 0:
+        return 0.0, 0.0
     dt = float(getattr(model, "dt", 1.0))
     dx = math.sqrt(float(getattr(model, "dx", 1.0)) * float(getattr(model, "dy", getattr(model, "dx", 1.0))))
-    scale = (dt / dx) ** 2
+    scale = (dt / dx) ** 2 * problem.gradient_snr()
     return s * scale, d * scale
 
 

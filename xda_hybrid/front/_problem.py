@@ -179,6 +179,31 @@ class Problem:
         return TimeWindows(self.ds, self.obs_vars, window, stride, self.spatial_dims, self.noise,
                            cover_end=cover_end, dtype=dtype)
 
+    def gradient_snr(self) -> float:
+        """Mean squared neighbour difference of the observations over their error variance.
+
+        ``mean(Δy² / σ²)`` over the horizontal neighbour pairs observed at both
+        ends (all observed variables, both directions) — the signal-to-noise of
+        the observed gradients per cell, used to make the velocity
+        regularisation weights independent of the data's units and noise level.
+        Computed once, lazily for dask-backed data.
+        """
+        if getattr(self, "_gsnr", None) is not None:
+            return self._gsnr
+        total, count = 0.0, 0
+        for var, std in zip(self.obs_vars, self.noise):
+            y = self.ds[var]
+            var_inv = (1.0 / self.ds[std] ** 2) if isinstance(std, str) else 1.0 / float(std) ** 2
+            for d in self.spatial_dims:
+                if self.ds.sizes[d] < 2:
+                    continue
+                g = (y.diff(d) ** 2) * (var_inv if not isinstance(var_inv, xr.DataArray) else var_inv.isel({d: slice(1, None)}))
+                g = g.where(np.isfinite(g))
+                total += float(g.sum())
+                count += int(g.notnull().sum())
+        self._gsnr = total / count if count else 1.0
+        return self._gsnr
+
     def obs_operator(self):
         from ..observation import ObservationOperator
 

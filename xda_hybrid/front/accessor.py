@@ -154,9 +154,11 @@ class DA4DAccessor:
             Windows processed together; the input is read one batch at a time
             (a dask-backed Dataset is never loaded whole).
         smoothness, divergence : float, optional
-            Weights of ½‖∇w₀‖² and ½‖∇·w₀‖² on the initial velocity, with
-            velocities measured in grid cells per frame (4DVAR and hybrid; velocity
-            models only; default smoothness 1 for ``image``/``advection``, else 0).
+            Relative weights of ½‖∇w₀‖² and ½‖∇·w₀‖² on the initial velocity
+            (velocity models only; default smoothness 5 for ``image``/``advection``,
+            else 0).  Unit-free: scaled by ``(dt/dx)²`` and by the observations'
+            gradient signal-to-noise ``mean(Δy²/σ²)``, so one value suits any
+            coordinates, tracer units and noise level.
         dtype : {"float32", "float64"}
         device : str or torch.device, optional
             Where the model and network run (default CPU, or the network's device).
@@ -210,7 +212,7 @@ class DA4DAccessor:
         wins = prob.windows(window, cycle, cover_end=True)
         nt, shape = prob.n_time, prob.shape
         n_ch = model_obj.n_channels
-        acc = np.zeros((nt, n_ch, *shape), dtype=np.float64)
+        acc = np.zeros((nt, n_ch, *shape), dtype=np.float32)  # the output stays in memory
         cnt = np.zeros(nt, dtype=np.int64)
         total_cost, n_done, n_empty, iters = 0.0, 0, 0, []
         chunks = [list(range(i, min(i + batch_size, len(wins)))) for i in range(0, len(wins), batch_size)]

@@ -150,9 +150,10 @@ def plot_history(history, path: str | os.PathLike | None = None):
     fig = _figure(5.0, 3.4)
     ax = fig.subplots()
     ep = history["epoch"].values
-    ax.plot(ep, history["train_cost"].values, "o-", label="training loss per window")
+    few = len(ep) <= 40
+    ax.plot(ep, history["train_cost"].values, "o-" if few else "-", label="training loss per window")
     if np.isfinite(history["val_obs_cost"].values).any():
-        ax.plot(ep, history["val_obs_cost"].values, "s-", label="validation obs. misfit per window")
+        ax.plot(ep, history["val_obs_cost"].values, "s-" if few else "-", label="validation obs. misfit per window")
     ax.set_xlabel("epoch")
     ax.set_ylabel("cost")
     vals = np.concatenate([history["train_cost"].values, history["val_obs_cost"].values])

@@ -6,7 +6,7 @@ with NaN under clouds; velocities ``(batch, ny, nx)`` in the model's units (cell
 with the default grid), ``u`` along ``x`` (last axis).
 """
 from .frames import as_frames, fill_gaps, inpaint, motion_first_guess
-from .learned import hybrid_motion, learned_motion, train_motion_inversion
+from .learned import MotionInversionNetwork, hybrid_motion, learned_motion, motion_cost, train_motion_inversion
 from .optical_flow import optical_flow, require_cv2
 from .stream import StreamFunctionCost, stream_to_velocity, velocity_to_stream
 from .twins import MotionTwin, forced_tracer_twin
@@ -14,6 +14,7 @@ from .variational import MotionEstimate, fourdvar_motion, motion_observations
 
 __all__ = [
     "MotionEstimate",
+    "MotionInversionNetwork",
     "MotionTwin",
     "StreamFunctionCost",
     "as_frames",
@@ -23,6 +24,7 @@ __all__ = [
     "hybrid_motion",
     "inpaint",
     "learned_motion",
+    "motion_cost",
     "motion_first_guess",
     "motion_observations",
     "optical_flow",

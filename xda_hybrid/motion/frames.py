@@ -75,7 +75,6 @@ def fill_gaps(frames: torch.Tensor, mode: str = "last") -> torch.Tensor:
         raise ValueError(f"mode must be 'last' or 'nearest', got {mode!r}")
     frames = as_frames(frames)
     T = frames.shape[1]
-    valid = ~torch.isnan(frames)
     out = frames.clone()
     if mode == "last":
         # forward fill, then backward fill what precedes the first observation
