@@ -123,6 +123,7 @@ class DA4DAccessor:
         divergence: float | None = None,
         dtype: str = "float32",
         device: str | torch.device | None = None,
+        parallel: str | None = None,
     ) -> xr.Dataset:
         """Analysis of the whole time series, window by window.
 
@@ -162,6 +163,15 @@ class DA4DAccessor:
         dtype : {"float32", "float64"}
         device : str or torch.device, optional
             Where the model and network run (default CPU, or the network's device).
+        parallel : {None, "dask"}
+            ``"dask"``: return a lazy, dask-backed analysis whose time blocks
+            (the input's time chunks, rounded to multiples of ``cycle``) are
+            analysed in parallel by the active dask scheduler, e.g. a
+            ``dask.distributed`` cluster, when computed or written
+            (``to_zarr``/``to_netcdf`` stream it).  Same values as the default
+            in-memory path; the result-dependent attributes (``final_cost``,
+            ``n_windows``, ...) are NaN/-1 placeholders (see
+            :mod:`xda_hybrid.front._parallel`).
 
         Returns
         -------
@@ -209,6 +219,13 @@ class DA4DAccessor:
         model_obj = prob.model.to(device=device)
         cost = _engine.make_cost(prob, window, gw, dw).to(device)
 
+        if parallel is not None:
+            if parallel != "dask":
+                raise ValueError(f"parallel must be None or 'dask', got {parallel!r}")
+            from ._parallel import lazy_dataset
+
+            return lazy_dataset(self._ds, prob, fitted, method, cost, net, window, cycle, iterations, gw, dw,
+                                torch_dtype, device, batch_size, t_start)
         wins = prob.windows(window, cycle, cover_end=True)
         nt, shape = prob.n_time, prob.shape
         n_ch = model_obj.n_channels
