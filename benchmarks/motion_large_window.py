@@ -8,9 +8,6 @@ gradient Tikhonov term, exactly ``--iters`` L-BFGS iterations (gtol = ftol = 0: 
 Published: 71 s (PyTorch) and 25.8 s (C + Tapenade adjoint), weak constraint, CPU; target here
 ≤ 25 s.  ``--weak`` runs the weak-constraint cost (constant model error on the velocity).
 ``--profile`` adds a torch.profiler table of a few cost+gradient evaluations (where the time goes).
-``--grid-sample`` runs a prototype image-model step built on ``torch.nn.functional.grid_sample``
-(same scheme: midpoint departure points, 2 fixed-point iterations, bilinear, clamped or wrapped;
-equal to ImageModel.step to 1e-12 in float64) — the speed-up proposed to the models' owner.
 """
 from __future__ import annotations
 
@@ -18,7 +15,6 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from machine import describe
 from xda_hybrid import metrics
@@ -32,34 +28,6 @@ PUBLISHED = {"PyTorch": 71.0, "C + Tapenade": 25.8}
 TARGET = 25.0
 
 
-def _interp(field, ypos, xpos, boundary):
-    """Bilinear read of ``field (b, c, ny, nx)`` at index positions ``(b, ny, nx)`` with grid_sample."""
-    ny, nx = field.shape[-2:]
-    if boundary == "periodic":
-        ypos, xpos = torch.remainder(ypos, ny), torch.remainder(xpos, nx)
-        field = F.pad(field, (0, 1, 0, 1), mode="circular")
-        gx, gy = xpos * (2.0 / nx) - 1, ypos * (2.0 / ny) - 1
-    else:  # closed: positions clamped into the grid
-        gx, gy = xpos * (2.0 / (nx - 1)) - 1, ypos * (2.0 / (ny - 1)) - 1
-    return F.grid_sample(field, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
-                         align_corners=True)
-
-
-def grid_sample_step(model, x):
-    """Prototype of ImageModel.step (no diffusion) on grid_sample: same numbers, ~2x faster."""
-    ny, nx = x.shape[-2:]
-    w = model.clean_velocity(x[:, :2])
-    if model.boundary == "closed":
-        w = w * model._border_mask(w)
-    d = model.displacement(w)
-    gy = torch.arange(ny, dtype=x.dtype, device=x.device).view(1, ny, 1)
-    gx = torch.arange(nx, dtype=x.dtype, device=x.device).view(1, 1, nx)
-    disp = d
-    for _ in range(model.iterations):
-        disp = _interp(d, gy - 0.5 * disp[:, 1], gx - 0.5 * disp[:, 0], model.boundary)
-    return _interp(torch.cat([w, x[:, 2:]], 1), gy - disp[:, 1], gx - disp[:, 0], model.boundary)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--size", type=int, default=240)
@@ -69,7 +37,6 @@ def main():
     p.add_argument("--weak", action="store_true", help="weak-constraint cost (constant model error)")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of 3 evaluations")
     p.add_argument("--float64", action="store_true")
-    p.add_argument("--grid-sample", action="store_true", help="prototype grid_sample image-model step")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -78,10 +45,6 @@ def main():
     tw = tracer_motion_twin(size=a.size, length=a.steps + 1, cloud_fraction=0.3, noise=0.02, seed=0,
                             boundary="closed")
     model = tw.model
-    if a.grid_sample:
-        if float(model.diffusion) != 0:
-            raise SystemExit("the grid_sample prototype has no diffusion")
-        model.step = lambda x: grid_sample_step(model, x)  # instance override, this script only
     obs = motion_observations(tw.obs[None].to(dtype), tw.noise_std)
     op = ObservationOperator(model, channels=["tracer"])
     window = a.steps + 1
@@ -107,7 +70,7 @@ def main():
         times.append((t1 - t, time.perf_counter() - t1))
     fw, bw = min(t[0] for t in times), min(t[1] for t in times)
     print(f"{a.size}x{a.size}, {a.steps} steps, {dtype}, {'weak' if a.weak else 'strong'} constraint"
-          f"{', grid_sample prototype step' if a.grid_sample else ''}: "
+          ": "
           f"one evaluation = forward {fw:.3f} s + adjoint {bw:.3f} s")
 
     if a.profile:

@@ -26,6 +26,7 @@ import torch
 from ..variational.cost import FourDVarCost
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import TrainingData
+from .distributed import DataParallel
 from .inversion import InversionNetwork
 
 __all__ = ["TrainResult", "evaluate_obs_cost", "fit_supervised", "train"]
@@ -64,7 +65,8 @@ class TrainResult:
 
 
 def _batch_forward(net: InversionNetwork, batch: TrainingData) -> torch.Tensor:
-    return net(batch.obs, batch.background if net.config["background"] else None)
+    config = getattr(net, "module", net).config  # net may be wrapped in DistributedDataParallel
+    return net(batch.obs, batch.background if config["background"] else None)
 
 
 @torch.no_grad()
@@ -163,6 +165,8 @@ def _fit(
         groups.append({"params": dyn_params, "lr": lr if dynamics_lr is None else dynamics_lr,
                        "weight_decay": 0.0, "name": "dynamics"})
     opt = _make_optimizer(optimizer, groups, weight_decay)
+    par = DataParallel.detect()  # torch.distributed initialised with several ranks: DDP (see .distributed)
+    fwd = par.wrap(net)
     sched = _make_schedule(schedule, opt, epochs, step_size, gamma, min_lr_ratio)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
 
@@ -198,7 +202,7 @@ def _fit(
         }
 
     bar = None
-    if progress:
+    if progress and par.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, initial=start_epoch, desc="training", unit="epoch")
@@ -212,22 +216,26 @@ def _fit(
         total, count = 0.0, 0
         for i in range(0, n_train, batch_size):
             idx = perm[i : i + batch_size]
+            idx, weight = par.shard(idx)  # this rank's windows of the global batch (all of them on one process)
             batch = train_data[idx]
-            x0 = _batch_forward(net, batch)
+            x0 = _batch_forward(fwd, batch)
             loss, per_window = batch_loss(x0, idx, batch)
-            if not torch.isfinite(loss):
+            if not par.agree(bool(torch.isfinite(loss))):
                 raise FloatingPointError(
                     f"non-finite training loss at epoch {epoch}: the network or the model diverged; "
                     "lower the learning rate (or dynamics_lr) or the gradient clipping threshold"
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
+            par.average_gradients(dyn_params)
             if clip_grad is not None:
                 for g in opt.param_groups:
                     torch.nn.utils.clip_grad_norm_(g["params"], clip_grad)
             opt.step()
-            total += float(per_window.detach().sum())
-            count += len(idx)
+            if weight > 0:  # a rank with no window of this batch ran a dummy one at weight 0
+                total += float(per_window.detach().sum())
+                count += len(idx)
+        total, count = par.sum(total, count)
         if sched is not None:
             sched.step()
         net.eval()
@@ -256,7 +264,7 @@ def _fit(
             bar.update(1)
         if patience is not None and val is not None and bad_epochs >= patience:
             stopped_early = True
-        if checkpoint is not None and (epoch % checkpoint_every == 0 or stopped_early or epoch == epochs):
+        if checkpoint is not None and par.is_main and (epoch % checkpoint_every == 0 or stopped_early or epoch == epochs):
             save_checkpoint(snapshot(epoch), checkpoint)
         if stopped_early or (stop_after is not None and epoch - start_epoch >= stop_after):
             break

@@ -114,11 +114,37 @@ class ImageModel(SemiLagrangian2D):
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         self.check_state(x)
-        w = self.clean_velocity(x[:, :2])
-        if self.boundary == "closed":
-            w = w * self._border_mask(w)
+        return self._advance(x, clean=True)
+
+    def forward(self, x0: torch.Tensor, n_steps: int) -> torch.Tensor:
+        """Trajectory ``(batch, n_steps + 1, 3, ny, nx)``, equal to repeated :meth:`step`.
+
+        The velocity is cleaned (NaN, infinities, closed-border cells) before
+        the first step only: each step's output velocity is a convex
+        combination of clean values, zero on the closed border cells (their
+        departure point is the cell itself), so cleaning it again would change
+        nothing but cost two passes (and their adjoints) per step.
+        """
+        self.check_state(x0)
+        n_steps = int(n_steps)
+        if n_steps < 0:
+            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        states = [x0]
+        x = x0
+        for k in range(n_steps):
+            x = self._advance(x, clean=k == 0)
+            states.append(x)
+        return torch.stack(states, dim=1)
+
+    def _advance(self, x: torch.Tensor, clean: bool) -> torch.Tensor:
+        """One step; ``clean=False`` trusts ``x``'s velocity to be clean already."""
+        w = x[:, :2]
+        if clean:
+            w = self.clean_velocity(w)
+            if self.boundary == "closed":
+                w = w * self._border_mask(w)
         st = self.stencil(w)
-        # u, v and the image at the same departure points: one gather
+        # u, v and the image at the same departure points: one interpolation
         out = apply_stencil(torch.cat([w, x[:, 2:]], 1), st)
         if self.diffusion.requires_grad or bool(self.diffusion != 0):
             kappa = self.param("diffusion", x)
