@@ -71,11 +71,61 @@ def _need_zarr() -> None:
 
 
 def _write(ds, path: str) -> None:
+    """Write ``ds`` atomically: to a temporary file (or store) next to ``path``, then rename it into place.
+
+    A killed run never leaves a half-written output under the final name: the
+    previous file (if any) stays until the new one is complete.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
     if path.endswith(".zarr"):
         _need_zarr()
-        ds.to_zarr(path, mode="w")
+        tmp = tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        try:
+            ds.to_zarr(tmp, mode="w")
+            old = None
+            if os.path.exists(path):
+                old = tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=".old")
+                os.rmdir(old)
+                os.rename(path, old)
+            os.rename(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
     else:
-        ds.to_netcdf(path)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            ds.to_netcdf(tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _write_json(obj, path) -> None:
+    """``json.dump`` to ``path`` atomically (temporary file, then rename)."""
+    import os
+    import tempfile
+
+    path = os.path.abspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------------- subcommands
@@ -240,8 +290,8 @@ def _cmd_demo(args) -> int:
                         path=out / "streamlines.png")
     plots.plot_errors(analyses, test, time=frame, path=out / "errors.png")
     plots.plot_history(fitted, path=out / "training.png")
-    with open(out / "scores.json", "w") as f:
-        json.dump({"mean_speed": speed, "methods": rows, "size": size, "length": length, "epochs": epochs}, f, indent=1)
+    _write_json({"mean_speed": speed, "methods": rows, "size": size, "length": length, "epochs": epochs},
+                out / "scores.json")
     print(f"\nwrote {out / 'analysis.nc'} (+ analysis_4dvar.nc, analysis_hybrid.nc), velocity.png, streamlines.png, "
           f"errors.png, training.png, scores.json in {out}; total {time.perf_counter() - t0:.1f} s")
     return 0

@@ -177,23 +177,31 @@ def fetch(name: str, **params) -> Path:
     """
     params = normalise_parameters(name, params)
     folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"cannot create the data cache folder {folder} ({e.strerror}): set {ENV_VAR} to a "
+                              "writable folder") from None
     fname = cache_key(name, params)
     path = folder / fname
     url = f"xda-hybrid://generate/{name}?{urlencode(sorted(params.items()))}"
     reference = reference_hashes().get(fname)
 
     known = None
+    why = "it is not cached yet"
     if path.exists():  # checked before the sidecar: a file in place always had its sidecar first
         known = _read_sidecar(path)
         if known is None:
-            warnings.warn(f"cached {path} has no valid hash sidecar: regenerating it", RuntimeWarning, stacklevel=2)
-            _remove(path)
+            why = f"cached {path} has no valid hash sidecar"
         elif _sha256(path) != known:
-            warnings.warn(f"cached {path} fails its hash check (corrupted or modified): regenerating it",
-                          RuntimeWarning, stacklevel=2)
-            _remove(path)
+            why = f"cached {path} fails its hash check (corrupted or modified)"
             known = None
+        if known is None:
+            _writable(folder, fname, why)
+            warnings.warn(f"{why}: regenerating it", RuntimeWarning, stacklevel=2)
+            _remove(path)
+    else:
+        _writable(folder, fname, why)
     gen = _Generator(name, params, path)
     logger = pooch.get_logger()
     level = logger.level
@@ -217,6 +225,15 @@ def fetch(name: str, **params) -> Path:
     finally:
         logger.setLevel(level)
     return Path(out)
+
+
+def _writable(folder: Path, fname: str, why: str) -> None:
+    """A clear error when ``fname`` must be (re)generated in a folder this process cannot write."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"the data cache folder {folder} is read-only for this process, but {fname} must be generated "
+            f"({why}): set {ENV_VAR} to a writable folder (or ask its owner to regenerate the file)"
+        )
 
 
 def _remove(path: Path) -> None:

@@ -102,6 +102,22 @@ def velocity_scale(problem: Problem, obs: Observations) -> float:
     return 0.3 * dx / dt
 
 
+def _check_finite_start(cost: FourDVarCost, obs: Observations, x_init: torch.Tensor) -> None:
+    """A clear error when the cost of the first guess is already non-finite (model or data overflow)."""
+    with torch.no_grad():
+        j = cost(x_init, obs)["total"]
+    bad = ~torch.isfinite(j)
+    if bool(bad.any()):
+        model = cost.model
+        params = {k: float(v.detach().flatten()[0]) for k, v in model.physical_parameters.items() if v.numel() >= 1}
+        raise ValueError(
+            f"the 4DVAR cost of the first guess (from the observations) is not finite in {int(bad.sum())} of "
+            f"{len(j)} windows: {type(model).__name__} (dt={getattr(model, 'dt', None)}, {params}) or the "
+            f"observations overflow {str(x_init.dtype).replace('torch.', '')}; check the model options or rescale the "
+            f"data" + ("" if x_init.dtype == torch.float64 else ", or use dtype='float64'")
+        )
+
+
 def analyse(
     method: str,
     cost: FourDVarCost,
@@ -120,6 +136,8 @@ def analyse(
     model = cost.model
     if method == "4dvar":
         x_init = first_guess(obs, model.n_channels, list(cost.obs_operator.channels))
+        if iterations > 0:
+            _check_finite_start(cost, obs, x_init)
         res = fourdvar(cost, obs, x_init, max_iter=int(iterations), progress=progress) if iterations > 0 else None
     elif method == "hybrid":
         res = hybrid(net, cost, obs, max_iter=int(iterations), progress=progress) if iterations > 0 else None

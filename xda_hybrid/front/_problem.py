@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from ..models import available_models, get_model
-from ..models.base import DynamicalModel
+from ..models.base import CFLError, DynamicalModel
 
 #: models whose parameters are physical constants in SI units (need metres and seconds)
 SI_MODELS = ("ShallowWater",)
@@ -247,6 +247,48 @@ class Problem:
         return attrs
 
 
+def check_range(problem: "Problem", dtype) -> None:
+    """Refuse observations whose normalised misfits over- or underflow float32 (the windows' dtype).
+
+    The cost sums ``(y/σ)²``-sized terms and the masks come from ``1/σ²``: a
+    noise std so small or so large, or values so large, that these leave the
+    floating-point range would give an infinite cost or silently drop every
+    observation.  Raises ``ValueError`` naming the variable.
+    """
+    import torch
+
+    # the observation windows are read in float32 whatever the compute dtype (see Problem.windows)
+    fi = torch.finfo(torch.float32 if dtype in (torch.float32, torch.float64) else dtype)
+    name = "float32"
+    hint = ""
+    limit = float(fi.max) * 1e-6  # room for the sums over a window
+    tiny = float(fi.tiny) * 1e6
+    for var, std in zip(problem.obs_vars, problem.noise):
+        da = problem.ds[var]
+        amax = float(abs(da).max(skipna=True))
+        if isinstance(std, str):
+            sd = problem.ds[std].where(da.notnull())
+            lo, hi = float(sd.min(skipna=True)), float(sd.max(skipna=True))
+            what = f"{std!r} (from {lo:.3g} to {hi:.3g})"
+        else:
+            lo = hi = float(std)
+            what = f"{var}.attrs['noise_std'] = {lo:.3g}"
+        if not math.isfinite(amax):
+            continue  # all NaN: reported by the value checks
+        inv_hi, inv_lo = 1.0 / lo**2, 1.0 / hi**2
+        z2 = (amax / lo) ** 2
+        if inv_hi > limit or z2 > limit or amax**2 > limit:
+            raise ValueError(
+                f"{var!r}: values up to {amax:.3g} with noise std {what} give squared normalised misfits "
+                f"beyond the {name} range (about {fi.max:.3g}): rescale {var!r} and its noise std{hint}"
+            )
+        if inv_lo < tiny:
+            raise ValueError(
+                f"{var!r}: noise std {what} is so large that 1/std² underflows "
+                f"{name}: every observation would be ignored; rescale {var!r} and its noise std"
+            )
+
+
 def check_window(window: Any, n_time: int) -> int:
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
         raise TypeError(f"window must be an integer number of frames, got {window!r}")
@@ -256,6 +298,15 @@ def check_window(window: Any, n_time: int) -> int:
     if window > n_time:
         raise ValueError(f"window of {window} frames is longer than the data ({n_time} time steps)")
     return window
+
+
+def _attr_number(attrs: dict, key: str) -> float:
+    v = _py(attrs[key])
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"ds.attrs[{key!r}] must be a real number, got {v!r}")
+    if not (math.isfinite(float(v)) and float(v) > 0):
+        raise ValueError(f"ds.attrs[{key!r}] must be finite and > 0, got {v!r}")
+    return float(v)
 
 
 def _geometry(cls: type, time: Axis, space: dict[str, Axis], si: bool, attrs: dict) -> dict[str, float]:
@@ -274,7 +325,7 @@ def _geometry(cls: type, time: Axis, space: dict[str, Axis], si: bool, attrs: di
             else:
                 out["dt"] = time.step
         elif "dt" in attrs:
-            out["dt"] = float(_py(attrs["dt"]))
+            out["dt"] = _attr_number(attrs, "dt")
     for key, dim in (("dx", "x"), ("dy", "y")):
         if key in sig and dim in space:
             ax = space[dim]
@@ -289,7 +340,7 @@ def _geometry(cls: type, time: Axis, space: dict[str, Axis], si: bool, attrs: di
                 else:
                     out[key] = ax.step
             elif key in attrs:
-                out[key] = float(_py(attrs[key]))
+                out[key] = _attr_number(attrs, key)
     return out
 
 
@@ -377,6 +428,8 @@ def build_problem(
         std_var = f"{var}_std"
         if std_var in ds.data_vars:
             sd = ds[std_var]
+            if sd.dtype.kind not in "fiu":
+                raise TypeError(f"{std_var!r} must hold real numbers (observation error std), got dtype {sd.dtype}")
             if not set(map(str, sd.dims)) <= set(map(str, ds[var].dims)):
                 raise ValueError(f"{std_var!r} has dims {tuple(sd.dims)} not among those of {var!r}")
             if check_values:
@@ -386,7 +439,10 @@ def build_problem(
             noise.append(std_var)
         elif "noise_std" in ds[var].attrs:
             try:
-                s = float(_py(ds[var].attrs["noise_std"]))
+                raw = _py(ds[var].attrs["noise_std"])
+                if isinstance(raw, (bool, np.bool_, str, bytes)):
+                    raise TypeError
+                s = float(raw)
             except (TypeError, ValueError):
                 raise TypeError(f"{var}.attrs['noise_std'] must be a number, got {ds[var].attrs['noise_std']!r}") from None
             if not (math.isfinite(s) and s > 0):
@@ -427,17 +483,47 @@ def build_problem(
             if p in ds.attrs and p not in ("dt", "dx", "dy"):
                 v = _py(ds.attrs[p])
                 if isinstance(v, (int, float, str, bool)):
+                    _check_option(sig[p], v, f"ds.attrs[{p!r}]")
                     params[p] = v
+        for p, v in model_params.items():
+            _check_option(sig[p], v, f"model_params[{p!r}]")
         geometry = _geometry(cls, time, space, si, ds.attrs)
         params.update(geometry)
         params.update(model_params)
-        instance = get_model(name, **params)
+        try:
+            instance = get_model(name, **params)
+        except CFLError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{cls.__name__} refused its options {params}: {e}") from None
     # a step on a state of the data's shape must work
     _check_shape(instance, tuple(ds.sizes[d] for d in spatial_dims))
     return Problem(
         ds=ds, model=instance, model_name=name, model_params=params, obs_vars=obs_vars, obs_states=obs_states,
         noise=noise, spatial_dims=spatial_dims, time=time, space=space, geometry=geometry,
     )
+
+
+def _check_option(param: inspect.Parameter, value: Any, source: str) -> None:
+    """A numeric model option (default int/float, or None for ``dt``/``dy``) must be a finite real number."""
+    default = param.default
+    numeric = (isinstance(default, (int, float)) and not isinstance(default, bool)) or (
+        default is None and param.name in ("dt", "dx", "dy"))
+    if not numeric:
+        return
+    if default is None and value is None:
+        return
+    if hasattr(value, "__len__") and not isinstance(value, (str, bytes)):  # a field (e.g. coriolis per point)
+        arr = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"model option {param.name!r} (from {source}) must hold real numbers, got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"model option {param.name!r} (from {source}) holds NaN or infinite values")
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"model option {param.name!r} (from {source}) must be a real number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"model option {param.name!r} (from {source}) must be finite, got {value!r}")
 
 
 _MIN_SIZE = {1: 4, 2: 3}

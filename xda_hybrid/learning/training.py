@@ -18,11 +18,13 @@ import copy
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
+from ..models.base import CFLError
 from ..variational.cost import FourDVarCost
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import TrainingData
@@ -32,6 +34,10 @@ from .inversion import InversionNetwork
 __all__ = ["TrainResult", "evaluate_obs_cost", "fit_supervised", "train"]
 
 _FORMAT = 1
+
+
+class _Fault(Exception):
+    """A numerical fault in a training epoch (rolled back or reported as FloatingPointError)."""
 
 
 @dataclass
@@ -55,6 +61,8 @@ class TrainResult:
         Stopped by the patience criterion.
     completed : bool
         All epochs done or stopped early (False when ``stop_after`` ended the call).
+    rollbacks : list of dict
+        Numerical faults recovered from: ``epoch``, ``reason`` and the reduced ``lr``.
     """
 
     net: InversionNetwork
@@ -62,6 +70,7 @@ class TrainResult:
     best_epoch: int
     stopped_early: bool
     completed: bool
+    rollbacks: list[dict[str, Any]] = None  # type: ignore[assignment]
 
 
 def _batch_forward(net: InversionNetwork, batch: TrainingData) -> torch.Tensor:
@@ -137,11 +146,18 @@ def _fit(
     checkpoint_every: int,
     resume: bool,
     stop_after: int | None,
+    max_rollbacks: int = 3,
+    rollback_factor: float = 0.5,
 ) -> TrainResult:
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if int(max_rollbacks) < 0 or not 0 < float(rollback_factor) < 1:
+        raise ValueError(f"max_rollbacks must be >= 0 and rollback_factor in (0, 1), got {max_rollbacks}, "
+                         f"{rollback_factor}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
     if net.config["background"] and data.background is None:
@@ -174,6 +190,7 @@ def _fit(
     best = {"epoch": 0, "val": math.inf, "net": None, "model": None}
     bad_epochs = 0
     start_epoch = 0
+    rollbacks: list[dict[str, Any]] = []
     if resume and os.path.exists(checkpoint):
         ck = load_checkpoint(checkpoint, map_location=device)
         if ck.get("format") != _FORMAT or ck["net_config"] != net.config:
@@ -185,6 +202,7 @@ def _fit(
             sched.load_state_dict(ck["scheduler"])
         gen.set_state(ck["rng"])
         history, best, bad_epochs, start_epoch = ck["history"], ck["best"], ck["bad_epochs"], ck["epoch"]
+        rollbacks = list(ck.get("rollbacks", []))
 
     def snapshot(epoch):
         return {
@@ -199,7 +217,55 @@ def _fit(
             "history": history,
             "best": best,
             "bad_epochs": bad_epochs,
+            "rollbacks": rollbacks,
         }
+
+    def good_state():
+        """Everything a rolled-back epoch restarts from (deep copies)."""
+        return copy.deepcopy({"net": net.state_dict(), "model": cost.model.state_dict(), "opt": opt.state_dict(),
+                              "sched": None if sched is None else sched.state_dict(), "rng": gen.get_state()})
+
+    def restore(state, factor):
+        net.load_state_dict(state["net"])
+        cost.model.load_state_dict(state["model"])
+        opt.load_state_dict(copy.deepcopy(state["opt"]))
+        for g in opt.param_groups:
+            g["lr"] *= factor
+            if "initial_lr" in g:
+                g["initial_lr"] *= factor
+        if sched is not None:
+            sched.load_state_dict(copy.deepcopy(state["sched"]))
+            sched.base_lrs = [b * factor for b in sched.base_lrs]
+        gen.set_state(state["rng"])
+
+    def run_epoch(epoch):
+        """One pass over the training windows; raises _Fault on a non-finite loss, gradient or model state."""
+        perm = torch.randperm(n_train, generator=gen).to(device)
+        total, count = 0.0, 0
+        for i in range(0, n_train, batch_size):
+            idx = perm[i : i + batch_size]
+            idx, weight = par.shard(idx)  # this rank's windows of the global batch (all of them on one process)
+            batch = train_data[idx]
+            try:
+                x0 = _batch_forward(fwd, batch)
+                loss, per_window = batch_loss(x0, idx, batch)
+            except CFLError as e:  # an explicit model refused the network's state
+                par.agree(False)  # the other ranks raise too
+                raise _Fault(f"the model refused a state at epoch {epoch}: {e}") from None
+            if not par.agree(bool(torch.isfinite(loss))):
+                raise _Fault(f"non-finite training loss at epoch {epoch}")
+            opt.zero_grad(set_to_none=True)
+            (loss * weight).backward()
+            par.average_gradients(dyn_params)
+            for g in opt.param_groups:
+                norm = torch.nn.utils.clip_grad_norm_(g["params"], math.inf if clip_grad is None else clip_grad)
+                if not torch.isfinite(norm):
+                    raise _Fault(f"non-finite gradient at epoch {epoch} (parameter group {g.get('name')!r})")
+            opt.step()
+            if weight > 0:  # a rank with no window of this batch ran a dummy one at weight 0
+                total += float(per_window.detach().sum())
+                count += len(idx)
+        return par.sum(total, count)
 
     bar = None
     if progress and par.is_main:
@@ -211,31 +277,27 @@ def _fit(
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.perf_counter()
         net.train()
-        perm = torch.randperm(n_train, generator=gen).to(device)
-        lr_now = opt.param_groups[0]["lr"]
-        total, count = 0.0, 0
-        for i in range(0, n_train, batch_size):
-            idx = perm[i : i + batch_size]
-            idx, weight = par.shard(idx)  # this rank's windows of the global batch (all of them on one process)
-            batch = train_data[idx]
-            x0 = _batch_forward(fwd, batch)
-            loss, per_window = batch_loss(x0, idx, batch)
-            if not par.agree(bool(torch.isfinite(loss))):
-                raise FloatingPointError(
-                    f"non-finite training loss at epoch {epoch}: the network or the model diverged; "
-                    "lower the learning rate (or dynamics_lr) or the gradient clipping threshold"
-                )
-            opt.zero_grad(set_to_none=True)
-            (loss * weight).backward()
-            par.average_gradients(dyn_params)
-            if clip_grad is not None:
-                for g in opt.param_groups:
-                    torch.nn.utils.clip_grad_norm_(g["params"], clip_grad)
-            opt.step()
-            if weight > 0:  # a rank with no window of this batch ran a dummy one at weight 0
-                total += float(per_window.detach().sum())
-                count += len(idx)
-        total, count = par.sum(total, count)
+        good = good_state() if max_rollbacks > 0 else None
+        while True:
+            lr_now = opt.param_groups[0]["lr"]
+            try:
+                total, count = run_epoch(epoch)
+                break
+            except _Fault as fault:
+                if len(rollbacks) >= max_rollbacks:
+                    raise FloatingPointError(
+                        f"{fault}: the network or the model diverged"
+                        + (f" after {len(rollbacks)} rollbacks to the last good state with the learning rate "
+                           f"scaled by {rollback_factor} each" if rollbacks else "")
+                        + "; lower the learning rate (or dynamics_lr) or the gradient clipping threshold"
+                    ) from None
+                # roll back to the state at the start of the epoch and retry with a lower learning rate
+                restore(good, float(rollback_factor))
+                good = good_state()  # the lowered learning rate holds for the next retry too
+                rollbacks.append({"epoch": epoch, "reason": str(fault), "lr": opt.param_groups[0]["lr"]})
+                warnings.warn(f"{fault}: rolled back to the start of the epoch, learning rate scaled by "
+                              f"{rollback_factor} (now {opt.param_groups[0]['lr']:.3g}); rollback "
+                              f"{len(rollbacks)} of at most {max_rollbacks}", RuntimeWarning, stacklevel=3)
         if sched is not None:
             sched.step()
         net.eval()
@@ -274,7 +336,7 @@ def _fit(
     if completed and best["net"] is not None:
         net.load_state_dict(best["net"])
         cost.model.load_state_dict(best["model"])
-    return TrainResult(net, history, best["epoch"], stopped_early, completed)
+    return TrainResult(net, history, best["epoch"], stopped_early, completed, list(rollbacks))
 
 
 def train(
@@ -303,6 +365,8 @@ def train(
     checkpoint_every: int = 1,
     resume: bool = False,
     stop_after: int | None = None,
+    max_rollbacks: int = 3,
+    rollback_factor: float = 0.5,
 ) -> TrainResult:
     """Train ``net`` to minimise the mean 4DVAR cost of its analyses, from observations only.
 
@@ -353,10 +417,22 @@ def train(
         Continue from ``checkpoint`` if it exists (same result as an uninterrupted run).
     stop_after : int, optional
         End this call after this many epochs (e.g. a job's time limit); resume later.
+    max_rollbacks, rollback_factor
+        Numerical faults (a non-finite loss or gradient, or a model's
+        :class:`~xda_hybrid.models.base.CFLError` on the network's output) roll
+        the epoch back to its starting state (network, model, optimizer,
+        schedule, batch order) and retry it with every learning rate scaled by
+        ``rollback_factor``, at most ``max_rollbacks`` times in the whole run
+        (a ``RuntimeWarning`` each time); then :class:`FloatingPointError`.
 
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    FloatingPointError
+        A numerical fault with no rollback left.
     """
     n_ref = float(data.obs.mask.flatten(1).sum(1).double().mean())
 
@@ -371,6 +447,7 @@ def train(
         min_lr_ratio=min_lr_ratio, clip_grad=clip_grad, val_fraction=val_fraction, patience=patience,
         seed=seed, device=device, progress=progress, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, resume=resume, stop_after=stop_after,
+        max_rollbacks=max_rollbacks, rollback_factor=rollback_factor,
     )
 
 
@@ -403,7 +480,7 @@ def fit_supervised(
     defaults = dict(epochs=50, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0, schedule="cosine",
                     step_size=None, gamma=0.5, min_lr_ratio=0.0, clip_grad=1.0, val_fraction=0.1, patience=None,
                     seed=0, device=None, progress=False, checkpoint=None, checkpoint_every=1, resume=False,
-                    stop_after=None)
+                    stop_after=None, max_rollbacks=3, rollback_factor=0.5)
     unknown = set(options) - set(defaults)
     if unknown:
         raise TypeError(f"unknown options {sorted(unknown)}")
