@@ -5,12 +5,14 @@ from .models import get_model
 __version__ = "0.1.0"
 
 # the xarray front: importing it registers the ``ds.da4d`` accessor
-from .front import DA4DAccessor, Fitted, catalog, load, open_dataset  # noqa: E402
+from .front import DA4DAccessor, Fitted, catalog, ensemble_mean, ensemble_spread, load, open_dataset  # noqa: E402
 
 __all__ = [
     "DA4DAccessor",
     "Fitted",
     "catalog",
+    "ensemble_mean",
+    "ensemble_spread",
     "get_model",
     "load",
     "metrics",

@@ -108,4 +108,104 @@ def smoothness(u: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-__all__ = ["angular_error", "endpoint_error", "rmse", "smoothness", "trajectory_rmse"]
+# ---------------------------------------------------------------------- ensembles
+# Members are on the first axis: ``members`` of shape (K, *shape), ``truth`` of shape ``shape``.
+
+
+def _members(members: torch.Tensor, truth: torch.Tensor) -> None:
+    if members.ndim < 1 or tuple(members.shape[1:]) != tuple(truth.shape):
+        raise ValueError(f"members {tuple(members.shape)} must be (K, *truth.shape), truth {tuple(truth.shape)}")
+    if members.shape[0] < 2:
+        raise ValueError("an ensemble score needs at least 2 members")
+
+
+def crps_ensemble(members: torch.Tensor, truth: torch.Tensor, estimator: str = "fair") -> torch.Tensor:
+    """Continuous ranked probability score of an ensemble at every point (lower is better).
+
+    ``CRPS = E|X − y| − ½ E|X − X'|`` over the members ``X`` (units of the
+    variable).  Computed by ``scoringrules.crps_ensemble`` when the
+    ``scoringrules`` package is installed (extra ``uncertainty``), else by the
+    same formula in torch (the two agree to round-off).
+
+    Parameters
+    ----------
+    members : Tensor, shape (K, *shape)
+    truth : Tensor, shape ``shape``
+    estimator : {"fair", "nrg"}
+        ``"fair"``: the unbiased estimator (``E|X − X'|`` over distinct pairs,
+        ``÷ K(K−1)``), whose mean does not depend on ``K`` — use it to compare
+        ensembles of different sizes; ``"nrg"``: the plain ensemble estimator (``÷ K²``).
+
+    Returns
+    -------
+    Tensor, shape ``shape`` (float64)
+    """
+    _members(members, truth)
+    if estimator not in ("fair", "nrg"):
+        raise ValueError(f"estimator must be 'fair' or 'nrg', got {estimator!r}")
+    x = members.detach().to("cpu", torch.float64)
+    y = truth.detach().to("cpu", torch.float64)
+    try:
+        import scoringrules as sr
+    except ImportError:
+        sr = None
+    if sr is not None:
+        import numpy as np
+
+        out = sr.crps_ensemble(y.numpy(), np.moveaxis(x.numpy(), 0, -1), m_axis=-1, estimator=estimator)
+        return torch.from_numpy(np.asarray(out, dtype=np.float64))
+    k = x.shape[0]
+    skill = (x - y).abs().mean(0)
+    xs, _ = torch.sort(x, dim=0)
+    # Σ_{i,j} |x_i − x_j| = 2 Σ_i (2i − K + 1) x_(i) for sorted members (i from 0)
+    w = (2 * torch.arange(k, dtype=torch.float64) - k + 1).reshape(-1, *([1] * y.ndim))
+    pair_sum = 2 * (w * xs).sum(0)
+    spread = pair_sum / (k * (k - 1) if estimator == "fair" else k * k)
+    return skill - 0.5 * spread
+
+
+def spread_skill(members: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """Spread/skill ratio of an ensemble, pooled over all points.
+
+    ``spread = √(mean var)`` (members' unbiased variance), ``skill`` = RMSE of the
+    ensemble mean against the truth, ``ratio = √((K+1)/K) · spread / skill``
+    (Fortin et al. 2014: 1 for a statistically consistent ensemble of ``K``
+    members, < 1 under-dispersive, > 1 over-dispersive).
+
+    Returns
+    -------
+    dict
+        ``spread``, ``skill`` (RMSE of the mean), ``ratio``, ``n_members``.
+    """
+    _members(members, truth)
+    x = members.detach().to(torch.float64)
+    k = x.shape[0]
+    spread = float(x.var(0, unbiased=True).mean().sqrt())
+    skill = float(((x.mean(0) - truth.detach().to(x)) ** 2).mean().sqrt())
+    ratio = ((k + 1) / k) ** 0.5 * spread / skill if skill > 0 else float("inf")
+    return {"spread": spread, "skill": skill, "ratio": ratio, "n_members": k}
+
+
+def rank_histogram(members: torch.Tensor, truth: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rank histogram (Talagrand diagram): counts of the truth's rank among the members.
+
+    The rank of ``y`` is the number of members below it (ties with members are
+    broken at random), in ``0..K``; a flat histogram marks a consistent
+    ensemble, a U shape an under-dispersive one, a dome an over-dispersive one.
+
+    Returns
+    -------
+    Tensor of int64, shape (K + 1,)
+    """
+    _members(members, truth)
+    x = members.detach().to("cpu", torch.float64).flatten(1)
+    y = truth.detach().to("cpu", torch.float64).flatten()
+    below = (x < y).sum(0)
+    ties = (x == y).sum(0)
+    u = torch.rand(y.shape, generator=generator, dtype=torch.float64)
+    rank = below + torch.floor(u * (ties + 1)).to(torch.int64)
+    return torch.bincount(rank, minlength=x.shape[0] + 1)
+
+
+__all__ = ["angular_error", "crps_ensemble", "endpoint_error", "rank_histogram", "rmse", "smoothness",
+           "spread_skill", "trajectory_rmse"]

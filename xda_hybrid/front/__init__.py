@@ -5,6 +5,7 @@ tensor APIs of the lower layers, no numerical internals.
 """
 from __future__ import annotations
 
+from ._members import ensemble_mean, ensemble_spread
 from .accessor import DA4DAccessor
 from .fitted import Fitted, load
 
@@ -23,4 +24,4 @@ def open_dataset(name: str, chunks=None, **params):
     return _open(name, chunks=chunks, **params)
 
 
-__all__ = ["DA4DAccessor", "Fitted", "catalog", "load", "open_dataset"]
+__all__ = ["DA4DAccessor", "Fitted", "catalog", "ensemble_mean", "ensemble_spread", "load", "open_dataset"]

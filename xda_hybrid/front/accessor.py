@@ -18,14 +18,14 @@ import torch
 import xarray as xr
 
 from ..models.base import DynamicalModel
-from . import _engine
-from ._problem import Problem, build_problem, check_range, check_window
+from . import _engine, _members
+from ._problem import Problem, build_problem, check_window
 from .fitted import Fitted
 
 __all__ = ["DA4DAccessor"]
 
 _METHODS = ("learned", "4dvar", "hybrid")
-_FIT_METHODS = ("learned", "over4dvar")
+_FIT_METHODS = ("learned", "over4dvar", "generative")
 
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -124,6 +124,8 @@ class DA4DAccessor:
         dtype: str = "float32",
         device: str | torch.device | None = None,
         parallel: str | None = None,
+        samples: int | None = None,
+        seed: int = 0,
     ) -> xr.Dataset:
         """Analysis of the whole time series, window by window.
 
@@ -172,6 +174,18 @@ class DA4DAccessor:
             in-memory path; the result-dependent attributes (``final_cost``,
             ``n_windows``, ...) are NaN/-1 placeholders (see
             :mod:`xda_hybrid.front._parallel`).
+        samples : int, optional
+            Posterior samples per window (randomised maximum likelihood): member
+            ``k`` is the analysis of the observations perturbed by their noise,
+            ``Y + ε_k`` (velocity models: the smoothness prior's mean shifted by
+            a draw of that prior too).  With a ``generative`` fit and
+            ``method="learned"`` a member is one network pass; with
+            ``method="4dvar"`` one 4DVAR per member (the EDA); ``"hybrid"``
+            refines each member's pass by 4DVAR on its perturbed cost.  The
+            variables gain a leading ``member`` dimension; see
+            :func:`xda_hybrid.ensemble_mean` / :func:`xda_hybrid.ensemble_spread`.
+        seed : int
+            Seed of the perturbations (with ``samples``).
 
         Returns
         -------
@@ -206,13 +220,19 @@ class DA4DAccessor:
         else:
             prob = self.problem(model, model_params)
             net, weights = None, None
-        check_range(prob, torch_dtype)
         window = check_window(10 if window is None else window, prob.n_time)
         cycle = window if cycle is None else _positive_int("cycle", cycle)
         batch_size = _positive_int("batch_size", batch_size)
         if iterations is None:
             iterations = _engine.DEFAULT_ITERATIONS[method]
         iterations = _positive_int("iterations", iterations, minimum=0)
+        n_mem = 1 if samples is None else _positive_int("samples", samples)
+        gen = torch.Generator().manual_seed(int(seed))
+        if samples is not None and parallel is not None:
+            raise ValueError("samples= is not available with parallel='dask'")
+        if samples is not None and method == "learned" and fitted.method != "generative":
+            warnings.warn(f"samples from a {fitted.method!r} fit: its network was not trained on perturbed data and "
+                          "its spread is not calibrated (fit with method='generative')", RuntimeWarning, stacklevel=2)
         if weights is None:
             gw, dw = _engine.regularisation_weights(prob, smoothness, divergence)
         else:
@@ -230,7 +250,7 @@ class DA4DAccessor:
         wins = prob.windows(window, cycle, cover_end=True)
         nt, shape = prob.n_time, prob.shape
         n_ch = model_obj.n_channels
-        acc = np.zeros((nt, n_ch, *shape), dtype=np.float32)  # the output stays in memory
+        acc = np.zeros((nt, n_mem, n_ch, *shape), dtype=np.float32)  # the output stays in memory
         cnt = np.zeros(nt, dtype=np.int64)
         total_cost, n_done, n_empty, iters = 0.0, 0, 0, []
         chunks = [list(range(i, min(i + batch_size, len(wins)))) for i in range(0, len(wins), batch_size)]
@@ -246,11 +266,15 @@ class DA4DAccessor:
             n_empty += int((~keep).sum())
             if keep.any():
                 sel = keep.nonzero().flatten()
-                res = _engine.analyse(method, cost, obs[sel], net, iterations)
+                if samples is not None or (net is not None and net.config["background"]):
+                    res = _members.analyse_members(method, cost, obs[sel], net, iterations, samples, gen)
+                else:
+                    res = _engine.analyse(method, cost, obs[sel], net, iterations)
                 traj = res["trajectory"].detach().to("cpu", torch.float64).numpy()
+                traj = np.swapaxes(traj.reshape(n_mem, len(sel), *traj.shape[1:]), 0, 2)  # (T, B, K, ...)
                 starts = batch["start"][sel.cpu()].tolist()
                 for j, s in enumerate(starts):
-                    acc[s : s + window] += traj[j]
+                    acc[s : s + window] += traj[:, j]
                     cnt[s : s + window] += 1
                 total_cost += float(res["cost"].sum())
                 iters.extend(res["n_iter"].tolist())
@@ -263,16 +287,15 @@ class DA4DAccessor:
             raise ValueError("no window holds any observation: nothing to assimilate")
         with np.errstate(invalid="ignore", divide="ignore"):
             out = (acc / cnt.reshape(-1, *([1] * (acc.ndim - 1)))).astype(np.float32)
-        bad = ~np.isfinite(out[cnt > 0]).reshape(int((cnt > 0).sum()), -1).all(1)
-        if bad.any():  # never NaN output without a warning
-            warnings.warn(f"the {method} analysis is not finite in {int(bad.sum())} of {int((cnt > 0).sum())} frames "
-                          "covered by windows with observations (diverged network or model)", RuntimeWarning,
-                          stacklevel=2)
 
         tmpl = prob.template()
         dims = ("time", *prob.spatial_dims)
         coords = {k: v for k, v in tmpl.coords.items()}
-        data_vars = {s: (dims, out[:, c], prob.state_attrs(s)) for c, s in enumerate(model_obj.state_names)}
+        if samples is not None:  # (time, member, ...) -> (member, time, ...)
+            dims = ("member", *dims)
+            coords.update(_members.member_coords(n_mem))
+        data_vars = {s: (dims, out[:, 0, c] if samples is None else np.moveaxis(out[:, :, c], 1, 0),
+                         prob.state_attrs(s)) for c, s in enumerate(model_obj.state_names)}
         attrs = dict(self._ds.attrs)
         attrs.update({
             "title": f"xda-hybrid analysis ({method})",
@@ -292,6 +315,9 @@ class DA4DAccessor:
             "observed": ",".join(prob.obs_vars),
             "wall_time": float(_time.perf_counter() - t_start),
         })
+        if samples is not None:
+            attrs.update({"samples": int(n_mem), "seed": int(seed),
+                          "ensemble": "randomised maximum likelihood: members from perturbed observations"})
         if fitted is not None:
             attrs["fitted_method"] = fitted.method
             attrs["fitted_epochs"] = len(fitted._history)
@@ -334,11 +360,15 @@ class DA4DAccessor:
         stride : int
             Frames between training windows (1: every possible window).
         epochs, batch_size, lr : training options.
-        method : {"learned", "over4dvar"}
+        method : {"learned", "over4dvar", "generative"}
             ``"learned"``: minimise the 4DVAR cost of the network's analyses
             (the method of DESIGN.md); ``"over4dvar"``: fit the network to
             classical 4DVAR analyses of the training windows (``iterations``
-            L-BFGS iterations each).
+            L-BFGS iterations each); ``"generative"``: minimise the randomised
+            4DVAR cost ``J(F(Y + ε); Y + ε)`` with new observation perturbations
+            ``ε ~ N(0, R)`` at every batch, so that passes on perturbed
+            observations are posterior samples (``assimilate(fitted, samples=K)``;
+            see :mod:`xda_hybrid.learning.generative` for the assumptions).
         learn : list of str, optional
             Physical parameters of the model trained jointly (e.g. ``["forcing"]``), method ``"learned"`` only.
         device : str or torch.device, optional
@@ -380,7 +410,6 @@ class DA4DAccessor:
         stride = _positive_int("stride", stride)
         torch_dtype = _dtype(dtype)
         prob = self.problem(model, model_params)
-        check_range(prob, torch_dtype)
         window = check_window(window, prob.n_time)
         if isinstance(learn, str):
             learn = [learn]
@@ -424,7 +453,12 @@ class DA4DAccessor:
         gw, dw = _engine.regularisation_weights(prob, smoothness, divergence)
         cost = _engine.make_cost(prob, window, gw, dw)
         op = cost.obs_operator
-        net = InversionNetwork.for_model(mdl, window, op, seed=int(seed), **(network or {}))
+        if method == "generative":  # extra input channels for the smoothness prior's shift, if any
+            from ..learning import generative_network
+
+            net = generative_network(mdl, window, cost, seed=int(seed), **(network or {}))
+        else:
+            net = InversionNetwork.for_model(mdl, window, op, seed=int(seed), **(network or {}))
         n_fit = obs.values.shape[0] - int(round(val_fraction * obs.values.shape[0]))
         net.fit_normalisation(obs[:n_fit])
         scale = net.out_scale.clone()
@@ -446,6 +480,10 @@ class DA4DAccessor:
         try:
             if method == "learned":
                 result = train(net, cost, data, dynamics_lr=dynamics_lr, **options)
+            elif method == "generative":
+                from ..learning import train_generative
+
+                result = train_generative(net, cost, data, **options)
             else:
                 x_init = _engine.first_guess(obs, mdl.n_channels, list(op.channels))
                 result = over4dvar(net, cost, data, max_iter=_positive_int("iterations", iterations),

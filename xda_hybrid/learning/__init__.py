@@ -15,6 +15,7 @@ from .cycling import (
 )
 from .data import TrainingData
 from .dynamics import NeuralLorenz96
+from .generative import GenerativeInversion, generative_network, sample, train_generative
 from .inversion import InversionNetwork
 from .methods import Over4DVarResult, first_guess, hybrid, over4dvar, predict
 from .networks import CircularCNN1d, UNet2d
@@ -23,6 +24,7 @@ from .training import TrainResult, evaluate_obs_cost, fit_supervised, train
 __all__ = [
     "CircularCNN1d",
     "CycleResult",
+    "GenerativeInversion",
     "NeuralLorenz96",
     "InversionNetwork",
     "Over4DVarResult",
@@ -37,11 +39,14 @@ __all__ = [
     "evaluate_obs_cost",
     "first_guess",
     "forecast",
+    "generative_network",
     "fit_supervised",
     "hybrid",
     "load_checkpoint",
     "over4dvar",
     "predict",
+    "sample",
     "save_checkpoint",
     "train",
+    "train_generative",
 ]
