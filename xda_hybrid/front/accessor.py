@@ -19,7 +19,7 @@ import xarray as xr
 
 from ..models.base import DynamicalModel
 from . import _engine, _members
-from ._problem import Problem, build_problem, check_window
+from ._problem import Problem, build_problem, check_range, check_window
 from .fitted import Fitted
 
 __all__ = ["DA4DAccessor"]
@@ -220,6 +220,7 @@ class DA4DAccessor:
         else:
             prob = self.problem(model, model_params)
             net, weights = None, None
+        check_range(prob, torch_dtype)
         window = check_window(10 if window is None else window, prob.n_time)
         cycle = window if cycle is None else _positive_int("cycle", cycle)
         batch_size = _positive_int("batch_size", batch_size)
@@ -287,6 +288,11 @@ class DA4DAccessor:
             raise ValueError("no window holds any observation: nothing to assimilate")
         with np.errstate(invalid="ignore", divide="ignore"):
             out = (acc / cnt.reshape(-1, *([1] * (acc.ndim - 1)))).astype(np.float32)
+        bad = ~np.isfinite(out[cnt > 0]).reshape(int((cnt > 0).sum()), -1).all(1)
+        if bad.any():  # never NaN output without a warning
+            warnings.warn(f"the {method} analysis is not finite in {int(bad.sum())} of {int((cnt > 0).sum())} frames "
+                          "covered by windows with observations (diverged network or model)", RuntimeWarning,
+                          stacklevel=2)
 
         tmpl = prob.template()
         dims = ("time", *prob.spatial_dims)
@@ -410,6 +416,7 @@ class DA4DAccessor:
         stride = _positive_int("stride", stride)
         torch_dtype = _dtype(dtype)
         prob = self.problem(model, model_params)
+        check_range(prob, torch_dtype)
         window = check_window(window, prob.n_time)
         if isinstance(learn, str):
             learn = [learn]
