@@ -1,7 +1,10 @@
 """Property tests: random datasets either assimilate correctly or raise a clear, predictable error."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pytest
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -100,6 +103,200 @@ def test_strategy_produces_both_outcomes():
     @given(datasets(two_d=False))
     def collect(case):
         outcomes.add(case[3])
+
+    collect()
+    assert outcomes == {True, False}
+
+
+# ----------------------------------------------------------------------------- hostile inputs (issue 7)
+def _noise(v):
+    def f(ds):
+        ds["x_obs"].attrs["noise_std"] = v
+    return f
+
+
+def _drop_noise(ds):
+    del ds["x_obs"].attrs["noise_std"]
+
+
+def _dtype(dt):
+    def f(ds):
+        a = ds["x_obs"]
+        if np.dtype(dt).kind in "iu":
+            a = a.fillna(0.0)
+        ds["x_obs"] = a.astype(dt).assign_attrs(a.attrs)
+    return f
+
+
+def _scale(k):
+    def f(ds):
+        ds["x_obs"] = (ds["x_obs"] * k).assign_attrs(ds["x_obs"].attrs)
+    return f
+
+
+def _time(kind):
+    def f(ds):
+        nt = ds.sizes["time"]
+        t = np.arange(nt) * 0.05
+        if kind == "duplicate":
+            t[1] = t[0]
+        elif kind == "shuffled":
+            t = t[::-1].copy()
+        elif kind == "irregular":
+            t = t ** 1.5
+        elif kind == "nan":
+            t[-1] = np.nan
+        elif kind == "strings":
+            t = np.array([f"t{i}" for i in range(nt)])
+        elif kind == "hours":
+            t = np.datetime64("2020-01-01") + np.arange(nt) * np.timedelta64(1, "h")
+        ds.coords["time"] = t
+    return f
+
+
+def _poke(value, where="one"):
+    def f(ds):
+        a = ds["x_obs"].values.copy()
+        if where == "one":
+            a.flat[3] = value
+        else:
+            a[:] = value
+        ds["x_obs"] = ds["x_obs"].copy(data=a)
+    return f
+
+
+#: (name, mutation in place of a deep copy, expected "ok" or "error", words the error must contain)
+FAULTS = [
+    ("float16", _dtype("f2"), "ok", ""), ("float64", _dtype("f8"), "ok", ""), ("int32", _dtype("i4"), "ok", ""),
+    ("bool", _dtype("bool"), "error", "x_obs"), ("complex", _dtype("c8"), "error", "x_obs"),
+    ("noise 1e-3", _noise(1e-3), "ok", ""), ("noise 1e3", _noise(1e3), "ok", ""),
+    ("noise 0", _noise(0.0), "error", "noise_std"), ("noise -1", _noise(-1.0), "error", "noise_std"),
+    ("noise nan", _noise(float("nan")), "error", "noise_std"), ("noise inf", _noise(float("inf")), "error", "noise_std"),
+    ("noise str", _noise("0.5"), "error", "noise_std"), ("noise bool", _noise(True), "error", "noise_std"),
+    ("noise 1e-30", _noise(1e-30), "error", "x_obs"), ("noise 1e30", _noise(1e30), "error", "x_obs"),
+    ("no noise attr", _drop_noise, "error", "x_obs"),
+    ("values x1e20", _scale(1e20), "error", "x_obs"), ("values x1e6", _scale(1e6), "error", "RK4"),
+    ("one +inf", _poke(np.inf), "error", "x_obs"), ("one -inf", _poke(-np.inf), "error", "x_obs"),
+    ("all NaN", _poke(np.nan, "all"), "error", "x_obs"),
+    ("duplicate time", _time("duplicate"), "error", "time"), ("decreasing time", _time("shuffled"), "error", "time"),
+    ("irregular time", _time("irregular"), "error", "time"), ("NaN time", _time("nan"), "error", "time"),
+    ("string time", _time("strings"), "error", "time"), ("hourly datetime time", _time("hours"), "error", "dt=3600"),
+    ("no time coord", lambda ds: ds.__delitem__("time"), "ok", ""),
+    ("transposed", lambda ds: ds.__setitem__("x_obs", ds["x_obs"].T), "ok", ""),
+    ("no model attr", lambda ds: ds.attrs.clear(), "error", "model"),
+    ("forcing attr str", lambda ds: ds.attrs.update(forcing="8"), "error", "forcing"),
+    ("forcing attr nan", lambda ds: ds.attrs.update(forcing=np.nan), "error", "forcing"),
+    ("std variable", lambda ds: ds.__setitem__("x_obs_std", xr.full_like(ds["x_obs"], 0.5).fillna(1.0)), "ok", ""),
+    ("std variable <= 0", lambda ds: ds.__setitem__("x_obs_std", xr.full_like(ds["x_obs"], -1.0).fillna(1.0)),
+     "error", "x_obs_std"),
+    ("std variable str", lambda ds: ds.__setitem__("x_obs_std", xr.full_like(ds["x_obs"], 1.0).astype(str)),
+     "error", "x_obs_std"),
+]
+# dataset-wide changes that need the result of the others (kept separate: their error names the dims)
+RESHAPES = [
+    ("none", lambda ds: ds, "ok", ""),
+    ("site renamed", lambda ds: ds.rename(site="node"), "error", "site"),
+    ("extra dim", lambda ds: ds.expand_dims(member=2), "error", "member"),
+    ("too few sites", lambda ds: ds.isel(site=slice(0, 3)), "error", "site"),
+    ("empty time", lambda ds: ds.isel(time=slice(0, 0)), "error", "time"),
+]
+
+
+@st.composite
+def hostile(draw):
+    nt = draw(st.integers(4, 12))
+    n = draw(st.integers(4, 9))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = 3 + 2 * rng.normal(size=(nt, n))
+    x[rng.random(x.shape) < draw(st.sampled_from([0.0, 0.4, 0.9]))] = np.nan
+    x.flat[0] = 3.0  # at least one observation
+    ds = xr.Dataset({"x_obs": (("time", "site"), x.astype("f4"), {"noise_std": 0.5, "units": "1"})},
+                    coords={"time": ("time", np.arange(nt) * 0.05, {"units": "1"}), "site": np.arange(n)},
+                    attrs={"model": "lorenz96", "forcing": 8.0})
+    faults = draw(st.lists(st.sampled_from(FAULTS), min_size=0, max_size=2, unique_by=lambda f: f[0]))
+    reshape = draw(st.sampled_from(RESHAPES[:1] * 3 + RESHAPES[1:]))
+    window = draw(st.sampled_from([1, 3, nt, nt + 1, 0, 2.5]))
+    for _, mutate, _, _ in faults:
+        mutate(ds)
+    ds = reshape[1](ds)
+    parts = faults + [reshape]
+    if window in (0, nt + 1, 2.5):
+        parts.append(("bad window", None, "error", "window"))
+    return ds, window, parts
+
+
+def _hostile_check(ds, window, parts, call):
+    before = ds.copy(deep=True)
+    expect_error = any(p[2] == "error" for p in parts)
+    words = [p[3] for p in parts if p[2] == "error"]
+    try:
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            out = call(ds, window)
+    except CLEAR as e:
+        assert expect_error, f"{[p[0] for p in parts]}: unexpected {type(e).__name__}: {e}"
+        msg = str(e)
+        # the message names what is at fault (one of the faults present, when several are)
+        assert any(w in msg for w in words), f"{[p[0] for p in parts]}: {type(e).__name__}: {msg}"
+    else:
+        assert not expect_error, f"{[p[0] for p in parts]} accepted"
+        values = [np.asarray(out[v].values) for v in out.data_vars] if isinstance(out, xr.Dataset) else \
+            [p.detach().numpy() for p in out.network.parameters()]
+        if not all(np.isfinite(v[~np.isnan(v)]).all() and not np.isnan(v).all() for v in values):
+            assert any(issubclass(w.category, RuntimeWarning) for w in rec), "non-finite output without a warning"
+    xr.testing.assert_identical(ds, before)  # the input is never modified
+    assert ds.attrs == before.attrs and all(ds[v].attrs == before[v].attrs for v in ds.variables)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile())
+def test_hostile_inputs_assimilate_or_fail_clearly(case):
+    ds, window, parts = case
+    _hostile_check(ds, window, parts, lambda d, w: d.da4d.assimilate(window=w, iterations=2, method="4dvar"))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile())
+def test_hostile_inputs_fit_or_fail_clearly(case):
+    ds, window, parts = case
+    _hostile_check(ds, window, parts, lambda d, w: d.da4d.fit(window=w, epochs=1, batch_size=4, progress=False,
+                                                             validation=None, network={"width": 4, "depth": 1}))
+
+
+def _base(nt=10, n=6):
+    rng = np.random.default_rng(1)
+    x = 3 + 2 * rng.normal(size=(nt, n))
+    x[rng.random(x.shape) < 0.4] = np.nan
+    x.flat[0] = 3.0
+    return xr.Dataset({"x_obs": (("time", "site"), x.astype("f4"), {"noise_std": 0.5, "units": "1"})},
+                      coords={"time": ("time", np.arange(nt) * 0.05, {"units": "1"}), "site": np.arange(n)},
+                      attrs={"model": "lorenz96", "forcing": 8.0})
+
+
+@pytest.mark.parametrize("fault", FAULTS + RESHAPES[1:], ids=lambda f: f[0])
+def test_each_fault_alone(fault):
+    """Every fault of the fuzzer on its own: the documented outcome (works, or an error naming it)."""
+    ds = _base()
+    if fault in RESHAPES:
+        ds = fault[1](ds)
+    else:
+        fault[1](ds)
+    _hostile_check(ds, 5, [fault], lambda d, w: d.da4d.assimilate(window=w, iterations=2, method="4dvar"))
+
+
+@pytest.mark.parametrize("window", [0, -3, 11, 2.5, True, "5"])
+def test_bad_windows(window):
+    _hostile_check(_base(), window, [("bad window", None, "error", "window")],
+                   lambda d, w: d.da4d.assimilate(window=w, iterations=2, method="4dvar"))
+
+
+def test_hostile_strategy_produces_both_outcomes():
+    outcomes = set()
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None)
+    @given(hostile())
+    def collect(case):
+        outcomes.add(any(p[2] == "error" for p in case[2]))
 
     collect()
     assert outcomes == {True, False}
