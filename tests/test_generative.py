@@ -1,0 +1,147 @@
+"""Posterior samples (issue 8): randomised 4DVAR, EDA, the generative inversion, scores and the front (seconds)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import xda_hybrid as xh
+from xda_hybrid import metrics
+from xda_hybrid.data.synthetic import lorenz96_twin
+from xda_hybrid.learning import TrainingData, generative_network, sample, train_generative
+from xda_hybrid.models.image import ImageModel
+from xda_hybrid.models.lorenz96 import Lorenz96
+from xda_hybrid.observation import ObservationOperator, Observations
+from xda_hybrid.variational import FourDVarCost, eda, perturb, randomised_cost
+from xda_hybrid.variational.ensemble import perturb_observations, smoothness_prior_sample
+from xda_hybrid.variational.regularisers import gradient_penalty
+
+
+def test_observation_perturbation_has_the_noise_law_and_spares_missing_points():
+    v = torch.zeros(4000, 1, 1, 3, dtype=torch.float64)
+    v[:, :, :, 2] = float("nan")
+    obs = Observations.from_values(v, noise_std=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64))
+    p = perturb_observations(obs, torch.Generator().manual_seed(0))
+    sd = p.values[:, 0, 0].std(0)
+    assert abs(float(sd[0]) - 0.5) < 0.03 and abs(float(sd[1]) - 2.0) < 0.1
+    assert (p.values[:, 0, 0, 2] == 0).all() and torch.equal(p.inv_var, obs.inv_var)
+
+
+def test_smoothness_prior_sample_has_the_penalty_as_negative_log_density():
+    # for f ~ N(0, (αL)⁺): E[α·2·gradient_penalty] = number of non-constant modes
+    alpha, ny, nx = 50.0, 6, 7
+    f = smoothness_prior_sample((3000, ny, nx), alpha, torch.Generator().manual_seed(1))
+    e = float((alpha * 2 * gradient_penalty(f, torch.zeros_like(f))).mean())
+    assert abs(e / (ny * nx - 1) - 1) < 0.03
+    assert float(f.mean((-2, -1)).abs().max()) < 1e-12  # the free constant mode is not perturbed
+
+
+def test_randomised_cost_equals_shifted_smoothness_term():
+    model = ImageModel(boundary="periodic")
+    cost = FourDVarCost(model, ObservationOperator(model, channels=["tracer"]), 3, grad_weight=7.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64) * 0.1
+    obs = Observations.from_values(torch.randn(2, 3, 1, 8, 8, generator=g, dtype=torch.float64), noise_std=0.1)
+    p = perturb(cost, obs, 1, generator=g)
+    assert p.prior is not None and float(p.prior[:, 2].abs().max()) == 0.0
+    j = randomised_cost(cost, x, p)
+    plain = FourDVarCost(model, cost.obs_operator, 3)
+    w = x[:, :2] - p.prior[:, :2]
+    want = plain(x, p.obs)["total"] + 7.0 * gradient_penalty(w[:, 0], w[:, 1])
+    torch.testing.assert_close(j, want)
+
+
+def _l96(n, seed, n_sites=20):
+    tw = lorenz96_twin(n_windows=n, window=6, n_sites=n_sites, forcing=8.0, dt=0.05, obs_fraction=0.5,
+                       noise_std=1.0, gap=0, seed=seed, dtype=torch.float64)
+    return tw.truth, Observations.from_values(tw.obs, noise_std=1.0)
+
+
+@pytest.fixture(scope="module")
+def l96_setup():
+    torch.set_num_threads(1)
+    model = Lorenz96(forcing=8.0, dt=0.05)
+    cost = FourDVarCost(model, ObservationOperator(model), 6)
+    _, obs_tr = _l96(600, seed=1)
+    truth_te, obs_te = _l96(60, seed=2)
+    net = generative_network(model, 6, cost, width=32, depth=2, kernel_size=5).fit_normalisation(obs_tr.to(torch.float32))
+    train_generative(net, cost, TrainingData(obs_tr.to(torch.float32)), epochs=20, batch_size=32, lr=3e-3, val_fraction=0.0)
+    return model, cost, net, truth_te, obs_te
+
+
+def test_generative_samples_are_calibrated_on_tiny_lorenz96(l96_setup):
+    model, cost, net, truth, obs = l96_setup
+    xs = sample(net, cost, obs.to(torch.float32), 16, generator=torch.Generator().manual_seed(3)).double()
+    assert xs.shape == (16, 60, 1, 20)
+    ss = metrics.spread_skill(xs, truth[:, 0])
+    assert 0.6 <= ss["ratio"] <= 1.4, ss
+    # the EDA on the same windows: the generative CRPS stays in its range
+    fg = xh.learning.first_guess(obs, cost.obs_operator, 1)
+    e = eda(cost, obs, 16, fg, generator=torch.Generator().manual_seed(4), max_iter=30)
+    crps_g = float(metrics.crps_ensemble(xs, truth[:, 0]).mean())
+    crps_e = float(metrics.crps_ensemble(e.members, truth[:, 0]).mean())
+    assert crps_g <= 1.5 * crps_e, (crps_g, crps_e)
+    ss_e = metrics.spread_skill(e.members, truth[:, 0])
+    assert 0.7 <= ss_e["ratio"] <= 1.3, ss_e
+
+
+def test_unperturbed_network_input_collapses_the_spread(l96_setup):
+    # the members differ only through the perturbed observations fed to the network
+    model, cost, net, truth, obs = l96_setup
+    xs = sample(net, cost, obs.to(torch.float32), 4, zero=True)
+    assert float(xs.std(0).max()) == 0.0
+
+
+def test_scores_match_known_values():
+    x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)  # two members 0 and 1, truth 0
+    y = torch.tensor([0.0], dtype=torch.float64)
+    # nrg: E|X−y| − ½E|X−X'| = 0.5 − ½·0.5 = 0.25; fair: 0.5 − ½·1 = 0
+    assert float(metrics.crps_ensemble(x, y, "nrg")) == pytest.approx(0.25)
+    assert float(metrics.crps_ensemble(x, y, "fair")) == pytest.approx(0.0)
+    g = torch.Generator().manual_seed(0)
+    members = torch.randn(9, 20000, generator=g, dtype=torch.float64)
+    truth = torch.randn(20000, generator=g, dtype=torch.float64)
+    h = metrics.rank_histogram(members, truth)
+    assert h.sum() == 20000 and h.shape == (10,) and float(h.min()) > 0.85 * 2000
+    assert metrics.spread_skill(members, truth)["ratio"] == pytest.approx(1.0, abs=0.03)
+    assert metrics.spread_skill(0.5 * members, truth)["ratio"] < 0.6
+
+
+def _ds(nt=60, n=8, seed=0, truth=True):
+    rng = np.random.default_rng(seed)
+    x = 3 + 2 * rng.normal(size=(nt, n))
+    obs = np.where(rng.random((nt, n)) < 0.6, x + 0.5 * rng.normal(size=x.shape), np.nan).astype("f4")
+    ds = xr.Dataset({"x_obs": (("time", "site"), obs, {"noise_std": 0.5, "units": "1"})},
+                    coords={"time": ("time", np.arange(nt) * 0.05, {"units": "1"})},
+                    attrs={"model": "lorenz96", "forcing": 8.0})
+    if truth:
+        ds["x_true"] = (("time", "site"), np.full((nt, n), np.nan, "f4"))  # never read
+    return ds
+
+
+def test_front_generative_fit_returns_members_and_never_reads_truth(tmp_path):
+    torch.set_num_threads(1)
+    net_opts = {"width": 8, "depth": 1, "kernel_size": 3}
+    ds = _ds()
+    f = ds.da4d.fit(window=6, epochs=2, method="generative", network=net_opts, progress=False)
+    f2 = _ds(truth=False).da4d.fit(window=6, epochs=2, method="generative", network=net_opts, progress=False)
+    for (k, a), b in zip(f.network.state_dict().items(), f2.network.state_dict().values()):
+        assert torch.equal(a, b), k
+    an = ds.da4d.assimilate(f, samples=5, seed=1)
+    assert an["x"].dims == ("member", "time", "site") and an.sizes["member"] == 5
+    assert an.attrs["samples"] == 5 and np.isfinite(an["x"].values).all()
+    mean, spread = xh.ensemble_mean(an), xh.ensemble_spread(an)
+    assert mean["x"].dims == ("time", "site") and (spread["x"].values > 0).all()
+    np.testing.assert_allclose(spread["x"].values, an["x"].std("member", ddof=1).values, rtol=1e-6)
+    again = ds.da4d.assimilate(f, samples=5, seed=1)
+    np.testing.assert_array_equal(again["x"].values, an["x"].values)
+    assert ds.da4d.assimilate(f)["x"].dims == ("time", "site")
+    # the EDA through the front, and save/load of a generative fit
+    e = ds.da4d.assimilate(method="4dvar", window=6, iterations=5, samples=3)
+    assert e["x"].dims == ("member", "time", "site") and float(xh.ensemble_spread(e)["x"].mean()) > 0
+    g = xh.load(f.save(tmp_path / "g.pt"))
+    assert g.method == "generative"
+    np.testing.assert_array_equal(ds.da4d.assimilate(g, samples=5, seed=1)["x"].values, an["x"].values)
+    with pytest.raises(ValueError, match="member"):
+        xh.ensemble_spread(mean)
