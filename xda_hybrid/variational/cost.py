@@ -110,7 +110,16 @@ class FourDVarCost(torch.nn.Module):
             ``total``, ``obs``, ``background``, ``grad``, ``div``.
         """
         self.check(x0, obs)
-        hx = self.obs_operator(self.trajectory(x0))
+        terms = self.obs_and_prior_terms(x0, self.trajectory(x0), obs, background)
+        terms["total"] = terms["obs"] + terms["background"] + terms["grad"] + terms["div"]
+        return terms
+
+    def obs_and_prior_terms(
+        self, x0: torch.Tensor, traj: torch.Tensor, obs: Observations, background: Background | None
+    ) -> dict[str, torch.Tensor]:
+        """``obs``, ``background``, ``grad`` and ``div`` terms, each ``(batch,)``, of the
+        trajectory ``traj (batch, window, channel, *space)`` starting from ``x0``."""
+        hx = self.obs_operator(traj)
         terms = {"obs": 0.5 * (obs.inv_var * (hx - obs.values) ** 2).flatten(1).sum(1)}
         zero = torch.zeros_like(terms["obs"])
         if background is not None:
@@ -126,5 +135,4 @@ class FourDVarCost(torch.nn.Module):
                 terms["grad"] = self.grad_weight * gradient_penalty(u, v)
             if self.div_weight:
                 terms["div"] = self.div_weight * divergence_penalty(u, v)
-        terms["total"] = terms["obs"] + terms["background"] + terms["grad"] + terms["div"]
         return terms

@@ -39,7 +39,7 @@ from ..models.base import CFLError, DynamicalModel
 from ..observation import ObservationOperator, Observations
 from .cost import Background, FourDVarCost
 from .lbfgs import LBFGSResult, lbfgs
-from .regularisers import _dx, _dy, divergence_penalty, gradient_penalty
+from .regularisers import _dx, _dy
 
 __all__ = ["WeakFourDVarCost", "WeakResult", "weak_fourdvar"]
 
@@ -236,21 +236,7 @@ class WeakFourDVarCost(FourDVarCost):
         """
         self.check(control, obs)
         x0, eta = self.split(control)
-        hx = self.obs_operator(self.trajectory(control))
-        terms = {"obs": 0.5 * (obs.inv_var * (hx - obs.values) ** 2).flatten(1).sum(1)}
-        zero = torch.zeros_like(terms["obs"])
-        if background is not None:
-            terms["background"] = 0.5 * (background.inv_var * (x0 - background.state) ** 2).flatten(1).sum(1)
-        else:
-            terms["background"] = zero
-        terms["grad"] = terms["div"] = zero
-        if self.grad_weight or self.div_weight:
-            u = x0[:, self.model.channel(self.model.velocity_names[0])]
-            v = x0[:, self.model.channel(self.model.velocity_names[1])]
-            if self.grad_weight:
-                terms["grad"] = self.grad_weight * gradient_penalty(u, v)
-            if self.div_weight:
-                terms["div"] = self.div_weight * divergence_penalty(u, v)
+        terms = self.obs_and_prior_terms(x0, self.trajectory(control), obs, background)
         terms["model_error"] = self.model_error_penalty(eta)
         terms["total"] = terms["obs"] + terms["background"] + terms["grad"] + terms["div"] + terms["model_error"]
         return terms
