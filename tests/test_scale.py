@@ -94,6 +94,7 @@ def test_dask_4dvar_equals_in_memory(client, cycle):
 
 
 def test_dask_learned_image_equals_in_memory_and_streams_to_zarr(client, tmp_path):
+    pytest.importorskip("zarr")
     ds = motion()
     f = ds.da4d.fit(window=3, epochs=1, batch_size=2, progress=False, network={"width": 4, "levels": 1}, seed=1)
     eager = ds.da4d.assimilate(f)
