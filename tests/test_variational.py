@@ -4,6 +4,7 @@ import warnings
 import pytest
 import torch
 
+from xda_hybrid.models import get_model
 from xda_hybrid.models.lorenz96 import Lorenz96
 from xda_hybrid.observation import ObservationOperator, Observations
 from xda_hybrid.testing import adjoint_dot_product
@@ -54,6 +55,16 @@ def test_observation_operator_selects_steps_and_channels():
     op = ObservationOperator(m, channels=["x"], steps=[0, 3, 6])
     traj = torch.arange(2 * 7 * 1 * 4.0).reshape(2, 7, 1, 4)
     assert torch.equal(op(traj), traj[:, [0, 3, 6]])
+    # irregular steps (advanced indexing) and a channel subset of the image model (a slice)
+    assert torch.equal(ObservationOperator(m, steps=[0, 1, 5])(traj), traj[:, [0, 1, 5]])
+    img = get_model("image")
+    traj3 = torch.rand(2, 4, 3, 5, 5, requires_grad=True)
+    sel = ObservationOperator(img, channels=["tracer"], steps=[1, 3])(traj3)
+    assert torch.equal(sel, traj3[:, [1, 3]][:, :, [2]])
+    sel.sum().backward()
+    want = torch.zeros_like(traj3)
+    want[:, [1, 3], 2] = 1
+    assert torch.equal(traj3.grad, want)
     with pytest.raises(KeyError, match="no state variable"):
         ObservationOperator(m, channels=["u"])
     with pytest.raises(ValueError, match="increasing"):

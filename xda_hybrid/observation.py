@@ -89,6 +89,18 @@ class Observations:
         return Observations(self.values.to(*args, **kwargs), self.inv_var.to(*args, **kwargs))
 
 
+def _index(positions: Sequence[int]) -> slice | list[int]:
+    """A slice when ``positions`` are evenly spaced and increasing (a view, and a cheap
+    adjoint), else the list (advanced indexing: a gather, and a scatter in the adjoint)."""
+    p = list(positions)
+    if len(p) == 1:
+        return slice(p[0], p[0] + 1)
+    step = p[1] - p[0]
+    if step > 0 and all(b - a == step for a, b in zip(p, p[1:])):
+        return slice(p[0], p[-1] + 1, step)
+    return p
+
+
 class ObservationOperator:
     """Selects observed channels at observed steps from a trajectory.
 
@@ -132,7 +144,7 @@ class ObservationOperator:
     def __call__(self, trajectory: torch.Tensor) -> torch.Tensor:
         """Map ``(batch, time, channel, *space)`` to ``(batch, n_obs_steps, n_obs_channels, *space)``."""
         if self.steps is not None:
-            trajectory = trajectory[:, list(self.steps)]
+            trajectory = trajectory[:, _index(self.steps)]
         if len(self.channels) != trajectory.shape[2] or self.channels != tuple(range(trajectory.shape[2])):
-            trajectory = trajectory[:, :, list(self.channels)]
+            trajectory = trajectory[:, :, _index(self.channels)]
         return trajectory
