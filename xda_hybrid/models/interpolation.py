@@ -376,8 +376,8 @@ class _GridBilinear(torch.autograd.Function):
     Inputs: ``src (b, c, H, W)`` the source as read (padded by one row and
     column on each side for a periodic boundary), ``pos (b or 1, 2, m)`` the
     positions (x, y) of a :class:`Stencil`, ``scale``/``offset`` from
-    :func:`_grid_affine`, ``meta = (ny, nx, boundary, (my, mx))``.  Output
-    ``(b, c, my, mx)``.  grid_sample runs with ``align_corners=True`` and
+    :func:`_grid_affine`, ``meta = (ny, nx, boundary, (my, mx))``.  Outputs
+    ``(b, c, my, mx)`` and the grid (non-differentiable, kept for the adjoint).  grid_sample runs with ``align_corners=True`` and
     border padding: closed positions are clamped into the grid (derivative 0
     outside the open interval ``(0, n - 1)``).
 
@@ -390,21 +390,25 @@ class _GridBilinear(torch.autograd.Function):
     @staticmethod
     def forward(src, pos, scale, offset, meta):
         grid = _to_grid(pos, scale, offset, meta[3], src.shape[0])
-        return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return out, grid
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         src, pos, scale, offset, meta = inputs
+        grid = output[1]
+        ctx.mark_non_differentiable(grid)
         ctx.meta = meta
-        ctx.save_for_backward(src, pos, scale, offset)
+        ctx.save_for_backward(src, grid, scale, offset, pos)
         ctx.save_for_forward(src, pos, scale, offset)
 
     @staticmethod
-    def backward(ctx, g):
-        src, pos, scale, offset = ctx.saved_tensors
+    def backward(ctx, g, _):
+        src, grid, scale, offset, pos = ctx.saved_tensors
         need_src, need_pos = ctx.needs_input_grad[:2]
         b = src.shape[0]
-        grid = _to_grid(pos, scale, offset, ctx.meta[3], b)
+        if torch.is_grad_enabled():  # create_graph: the grid as a function of pos (double backward)
+            grid = _to_grid(pos, scale, offset, ctx.meta[3], b)
         gsrc, ggrid = torch.ops.aten.grid_sampler_2d_backward(
             g.contiguous(), src, grid, 0, 1, True, [bool(need_src), bool(need_pos)]
         )
@@ -420,7 +424,7 @@ class _GridBilinear(torch.autograd.Function):
         b, c = src.shape[:2]
         out_t = None
         if src_t is not None:
-            out_t = _GridBilinear.forward(src_t, pos, scale, offset, ctx.meta)
+            out_t = _GridBilinear.forward(src_t, pos, scale, offset, ctx.meta)[0]
         if pos_t is not None:
             base, frac, row, pad = _gather_stencil(pos, ny, nx, boundary)
             if boundary == "periodic":  # the (0, 1, 0, 1) periodic extension of the flat stencil
@@ -434,7 +438,7 @@ class _GridBilinear(torch.autograd.Function):
             out_t = t if out_t is None else out_t + t
         if out_t is None:
             out_t = src.new_zeros(b, c, *out_shape)
-        return out_t
+        return out_t, None
 
 
 def _to_grid(pos, scale, offset, out_shape, batch):
@@ -474,7 +478,7 @@ def apply_stencil(field: torch.Tensor, stencil: Stencil) -> torch.Tensor:
         if bf != b:
             field = field.expand(b, *field.shape[1:])
         scale, offset = _grid_affine(ny, nx, periodic, field.dtype, field.device)
-        return _GridBilinear.apply(field, pos, scale, offset, (ny, nx, stencil.boundary, (my, mx)))
+        return _GridBilinear.apply(field, pos, scale, offset, (ny, nx, stencil.boundary, (my, mx)))[0]
     # a closed grid with a single row or column: flat-index gather
     base, frac, row, pad = _gather_stencil(pos, ny, nx, stencil.boundary)
     if pad:
