@@ -46,15 +46,18 @@ root_doc = "index"
 autosummary_generate = True
 autosummary_imported_members = False
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
 autodoc_typehints_format = "short"
 autodoc_member_order = "bysource"
+autodoc_inherit_docstrings = False   # no torch.nn.Module boilerplate on every network
 autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_ivar = True          # "Attributes" sections as field lists (no duplicate descriptions)
 napoleon_use_rtype = False
 napoleon_preprocess_types = False
-napoleon_custom_sections = ["Shapes"]   # used by the network docstrings
+# "Shapes" (network docstrings) and "Methods" (the accessor's summary) as plain titled sections
+napoleon_custom_sections = ["Shapes", "Methods"]
 
 # ---------------------------------------------------------------- MyST / myst-nb
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
