@@ -225,8 +225,8 @@ def main() -> None:
     print(f"  hybrid RMSE <= 4DVAR at <= 1/5 time: {rmse_h:.3f} vs {rmse_4dvar:.3f}, time ratio {t_h / t4:.2f}  "
           f"{ok(rmse_h <= rmse_4dvar and t_h <= t4 / 5)}")
     print(f"  forcing within 2 % of 8:            {f_hat:.3f}  {ok(abs(f_hat - 8) <= 0.16)}")
-    print(f"reference (REFERENCES.md): amortised 4DVAR from observations claims learned <= per-window 4DVAR RMSE "
-          f"and >= 100x cheaper inference")
+    print("reference (REFERENCES.md): amortised 4DVAR from observations claims learned <= per-window 4DVAR RMSE "
+          "and >= 100x cheaper inference")
     print(f"total benchmark time {time.perf_counter() - t_all:.0f} s")
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
-import xda_hybrid as xh
+import xda_hybrid  # noqa: F401 - registers ds.da4d
 from xda_hybrid.front._parallel import DEFERRED, block_bounds
 
 SMALL_NET = {"width": 8, "depth": 1, "kernel_size": 3}

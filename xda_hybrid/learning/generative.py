@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..models.base import DynamicalModel
-from ..observation import ObservationOperator, Observations
+from ..observation import Observations
 from ..variational.cost import Background, FourDVarCost
 from ..variational.ensemble import Perturbed, perturb, perturbs_prior, randomised_cost
 from .data import TrainingData
