@@ -143,9 +143,9 @@ class ImageModel(SemiLagrangian2D):
             w = self.clean_velocity(w)
             if self.boundary == "closed":
                 w = w * self._border_mask(w)
-        st = self.stencil(w)
+            x = torch.cat([w, x[:, 2:]], 1)
         # u, v and the image at the same departure points: one interpolation
-        out = apply_stencil(torch.cat([w, x[:, 2:]], 1), st)
+        out = apply_stencil(x, self.stencil(w))
         if self.diffusion.requires_grad or bool(self.diffusion != 0):
             kappa = self.param("diffusion", x)
             c = out[:, 2:]
