@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds (for tests)")
     d.add_argument("--size", type=int, default=32, help="cells per side (default 32)")
     d.add_argument("--length", type=int, default=64, help="frames (default 64; the first 70 %% train the network)")
-    d.add_argument("--window", type=int, default=5)
+    d.add_argument("--window", type=int, default=10,
+                   help="frames per window (default 10: sub-cell hourly displacements need several frames)")
     d.add_argument("--epochs", type=int, default=300)
     d.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     d.add_argument("--batch-size", type=int, default=8)
