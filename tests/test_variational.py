@@ -198,3 +198,22 @@ def test_fourdvar_reduces_cost_and_error():
         warnings.simplefilter("error")
         r2 = fourdvar(cost, obs, r.x, max_iter=5)  # warm start from the analysis moves little
     assert (r2.cost <= r.cost + 1e-9).all()
+
+
+@pytest.mark.slow
+def test_compiled_cost_equals_eager_and_leaves_the_model_alone():
+    m = Lorenz96()
+    g = torch.Generator().manual_seed(3)
+    x = 8 + torch.randn(2, 1, 12, generator=g, dtype=torch.float64)
+    truth = m(x, 3).detach()
+    obs = Observations.from_values(truth + torch.randn(truth.shape, generator=g, dtype=torch.float64), noise_std=1.0)
+    eager = FourDVarCost(m, ObservationOperator(m), 4)
+    compiled = FourDVarCost(m, ObservationOperator(m), 4, compile=True)
+    assert type(compiled.model) is Lorenz96 and list(compiled.state_dict()) == list(eager.state_dict())
+    x1 = (x + 0.5).requires_grad_(True)
+    x2 = (x + 0.5).requires_grad_(True)
+    c1, c2 = eager(x1, obs)["total"], compiled(x2, obs)["total"]
+    torch.testing.assert_close(c2, c1, rtol=1e-10, atol=0)
+    c1.sum().backward()
+    c2.sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-10, atol=1e-12)
