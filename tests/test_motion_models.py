@@ -87,6 +87,48 @@ def test_adjoint_dot_product_with_diffusion_and_nonunit_grid(boundary):
     assert adjoint_dot_product(lambda z: m(z, 4), x) < 1e-10
 
 
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_single_window_row_blocks_match_one_block(boundary):
+    # a single large window on a multi-threaded CPU is read as row blocks (parallel
+    # grid_sample): same trajectory and gradient as one block, exact adjoint
+    m = ImageModel(boundary=boundary)
+    x = smooth_state(66, 64, speed=1.3)  # 66 rows: 3 blocks with 3 threads, 2 with 2
+    w = torch.randn(1, 4, 3, 66, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for k in (1, 2, 3):
+            torch.set_num_threads(k)
+            xg = x.clone().requires_grad_(True)
+            y = m(xg, 3)
+            (g,) = torch.autograd.grad((y * w).sum(), xg)
+            results[k] = (y.detach(), g)
+        assert adjoint_dot_product(lambda z: m(z, 3), x) < 1e-10
+    finally:
+        torch.set_num_threads(threads)
+    for k in (2, 3):
+        torch.testing.assert_close(results[k][0], results[1][0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(results[k][1], results[1][1], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("sx, sy, iterations", [(1.0, 1.0, 2), (0.7, 1.3, 1), (1.0, 1.0, 0)])
+def test_fused_step_matches_reference_operations(boundary, sx, sy, iterations):
+    # the image model's step is one autograd node with a hand-written adjoint; it must equal
+    # the composition of the differentiable interpolation operations, value and gradient
+    from xda_hybrid.models.semilagrangian import _reference_step, self_advection_step
+
+    meta = (sx, sy, boundary, iterations)
+    x = rough_state(9, 11, scale=1.5)
+    w = torch.randn(1, 3, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = self_advection_step(xa, sx, sy, boundary, iterations), _reference_step(xb, meta)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=1e-12)
+    (ga,), (gb,) = torch.autograd.grad((ya * w).sum(), xa), torch.autograd.grad((yb * w).sum(), xb)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=1e-11)
+    assert adjoint_dot_product(lambda z: self_advection_step(z, sx, sy, boundary, iterations), x) < 1e-10
+
+
 def test_learn_diffusion_gets_gradient():
     m = ImageModel(boundary="periodic", diffusion=0.1).learn("diffusion")
     x = smooth_state(12, 16)

@@ -15,7 +15,7 @@ import torch
 
 from .advection import SemiLagrangian2D
 from .base import CFLError
-from .interpolation import apply_stencil
+from .semilagrangian import self_advection_step
 
 #: explicit diffusion is stable (and monotone) for kappa*dt/min(dx,dy)^2 <= this
 DIFFUSION_CFL = 0.25
@@ -144,8 +144,8 @@ class ImageModel(SemiLagrangian2D):
             if self.boundary == "closed":
                 w = w * self._border_mask(w)
             x = torch.cat([w, x[:, 2:]], 1)
-        # u, v and the image at the same departure points: one interpolation
-        out = apply_stencil(x, self.stencil(w))
+        # u, v and the image at the same departure points: one interpolation, one adjoint node
+        out = self_advection_step(x, self.dt / self.dx, self.dt / self.dy, self.boundary, self.iterations)
         if self.diffusion.requires_grad or bool(self.diffusion != 0):
             kappa = self.param("diffusion", x)
             c = out[:, 2:]

@@ -390,8 +390,7 @@ class _GridBilinear(torch.autograd.Function):
     @staticmethod
     def forward(src, pos, scale, offset, meta):
         grid = _to_grid(pos, scale, offset, meta[3], src.shape[0])
-        out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return out, grid
+        return _grid_sample(src, grid), grid
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -409,9 +408,7 @@ class _GridBilinear(torch.autograd.Function):
         b = src.shape[0]
         if torch.is_grad_enabled():  # create_graph: the grid as a function of pos (double backward)
             grid = _to_grid(pos, scale, offset, ctx.meta[3], b)
-        gsrc, ggrid = torch.ops.aten.grid_sampler_2d_backward(
-            g.contiguous(), src, grid, 0, 1, True, [bool(need_src), bool(need_pos)]
-        )
+        gsrc, ggrid = _grid_sample_backward(g, src, grid, need_src, need_pos)
         gpos = None
         if need_pos:
             gpos = ggrid.reshape(b, -1, 2).transpose(1, 2).mul(scale).sum_to_size(pos.shape)
@@ -420,25 +417,81 @@ class _GridBilinear(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, src_t, pos_t, *_):
         src, pos, scale, offset = ctx.saved_tensors
-        ny, nx, boundary, out_shape = ctx.meta
-        b, c = src.shape[:2]
-        out_t = None
-        if src_t is not None:
-            out_t = _GridBilinear.forward(src_t, pos, scale, offset, ctx.meta)[0]
-        if pos_t is not None:
-            base, frac, row, pad = _gather_stencil(pos, ny, nx, boundary)
-            if boundary == "periodic":  # the (0, 1, 0, 1) periodic extension of the flat stencil
-                src = src[..., 1:, 1:]
-            else:  # grid_sample's clamp: no derivative on or beyond the border
-                lim = torch.tensor([nx - 1, ny - 1], dtype=pos.dtype, device=pos.device).view(1, 2, 1)
-                pos_t = pos_t * ((pos > 0) & (pos < lim)).to(pos.dtype)
-            _, dtop, dbot, dy = _corner_differences(src.reshape(b, c, -1), frac[:, 0:1], base, row)
-            t = pos_t[:, 0:1] * torch.lerp(dtop, dbot, frac[:, 1:2]) + pos_t[:, 1:2] * dy
-            t = t.view(b, c, *out_shape)
-            out_t = t if out_t is None else out_t + t
-        if out_t is None:
-            out_t = src.new_zeros(b, c, *out_shape)
-        return out_t, None
+        return _bilinear_tangent(src, src_t, pos, pos_t, scale, offset, ctx.meta), None
+
+
+def _bilinear_tangent(src, src_t, pos, pos_t, scale, offset, meta):
+    """Tangent ``(b, c, my, mx)`` of ``bilinear(src)`` at ``pos`` for the tangents ``src_t``, ``pos_t`` (either may be None).
+
+    Arguments as the inputs of :class:`_GridBilinear`: ``src`` as read (padded
+    for a periodic boundary), ``pos (b or 1, 2, m)`` the stencil's positions.
+    The position term is the tangent times the corner differences of the
+    flat-index stencil (zero where a closed border clamps).
+    """
+    ny, nx, boundary, out_shape = meta
+    b, c = src.shape[:2]
+    out_t = None
+    if src_t is not None:
+        out_t = _grid_sample(src_t, _to_grid(pos, scale, offset, out_shape, b))
+    if pos_t is not None:
+        base, frac, row, pad = _gather_stencil(pos, ny, nx, boundary)
+        if boundary == "periodic":  # the (0, 1, 0, 1) periodic extension of the flat stencil
+            src = src[..., 1:, 1:]
+        else:  # grid_sample's clamp: no derivative on or beyond the border
+            lim = torch.tensor([nx - 1, ny - 1], dtype=pos.dtype, device=pos.device).view(1, 2, 1)
+            pos_t = pos_t * ((pos > 0) & (pos < lim)).to(pos.dtype)
+        _, dtop, dbot, dy = _corner_differences(src.reshape(b, c, -1), frac[:, 0:1], base, row)
+        t = pos_t[:, 0:1] * torch.lerp(dtop, dbot, frac[:, 1:2]) + pos_t[:, 1:2] * dy
+        t = t.view(b, c, *out_shape)
+        out_t = t if out_t is None else out_t + t
+    if out_t is None:
+        out_t = src.new_zeros(b, c, *out_shape)
+    return out_t
+
+
+def _row_blocks(src: torch.Tensor, grid: torch.Tensor) -> int:
+    """How many row blocks to split a single-window CPU grid_sample into.
+
+    The CPU kernels of grid_sample and its backward run in parallel over the
+    batch only: a single window (the classical 4DVAR of one large window) runs
+    on one thread.  Its target rows are cut into as many blocks as threads
+    (a divisor of the row count), read as a batch of the same source.
+    """
+    if src.shape[0] != 1 or src.device.type != "cpu" or grid.shape[1] * grid.shape[2] < 4096:
+        return 1
+    k, rows = torch.get_num_threads(), grid.shape[1]
+    while rows % k:
+        k -= 1
+    return k
+
+
+def _grid_sample(src: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``F.grid_sample`` (bilinear, border, align_corners) of ``src (b, c, H, W)`` at ``grid (b, my, mx, 2)``."""
+    k = _row_blocks(src, grid)
+    if k == 1:
+        return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    c, my, mx = src.shape[1], grid.shape[1], grid.shape[2]
+    out = F.grid_sample(src.expand(k, *src.shape[1:]), grid.reshape(k, my // k, mx, 2), mode="bilinear",
+                        padding_mode="border", align_corners=True)
+    return out.view(1, k, c, my // k, mx).transpose(1, 2).reshape(1, c, my, mx)
+
+
+def _grid_sample_backward(g, src, grid, need_src, need_grid):
+    """grid_sample's native reverse rule, split into row blocks as :func:`_grid_sample`: ``(gsrc, ggrid)``."""
+    mask = [bool(need_src), bool(need_grid)]
+    k = _row_blocks(src, grid)
+    if k == 1:
+        return torch.ops.aten.grid_sampler_2d_backward(g.contiguous(), src, grid, 0, 1, True, mask)
+    c, my, mx = src.shape[1], grid.shape[1], grid.shape[2]
+    gk = g.reshape(1, c, k, my // k, mx).transpose(1, 2).reshape(k, c, my // k, mx)
+    gsrc, ggrid = torch.ops.aten.grid_sampler_2d_backward(
+        gk, src.expand(k, *src.shape[1:]), grid.reshape(k, my // k, mx, 2), 0, 1, True, mask
+    )
+    if need_src:
+        gsrc = gsrc.sum(0, keepdim=True)
+    if need_grid:
+        ggrid = ggrid.reshape(1, my, mx, 2)
+    return gsrc, ggrid
 
 
 def _to_grid(pos, scale, offset, out_shape, batch):
