@@ -111,16 +111,17 @@ def test_single_window_row_blocks_match_one_block(boundary):
         torch.testing.assert_close(results[k][1], results[1][1], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(9, 11), (10, 10)])
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("sx, sy, iterations", [(1.0, 1.0, 2), (0.7, 1.3, 1), (1.0, 1.0, 0)])
-def test_fused_step_matches_reference_operations(boundary, sx, sy, iterations):
+def test_fused_step_matches_reference_operations(boundary, sx, sy, iterations, shape):
     # the image model's step is one autograd node with a hand-written adjoint; it must equal
     # the composition of the differentiable interpolation operations, value and gradient
     from xda_hybrid.models.semilagrangian import _reference_step, self_advection_step
 
     meta = (sx, sy, boundary, iterations)
-    x = rough_state(9, 11, scale=1.5)
-    w = torch.randn(1, 3, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    x = rough_state(*shape, scale=1.5)
+    w = torch.randn(1, 3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     ya, yb = self_advection_step(xa, sx, sy, boundary, iterations), _reference_step(xb, meta)
     torch.testing.assert_close(ya, yb, rtol=0, atol=1e-12)

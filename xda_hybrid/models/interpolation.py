@@ -481,7 +481,8 @@ def _grid_sample_backward(g, src, grid, need_src, need_grid):
     mask = [bool(need_src), bool(need_grid)]
     k = _row_blocks(src, grid)
     if k == 1:
-        return torch.ops.aten.grid_sampler_2d_backward(g.contiguous(), src, grid, 0, 1, True, mask)
+        g = g if g.device.type == "cpu" else g.contiguous()  # the CPU kernel reads any strides
+        return torch.ops.aten.grid_sampler_2d_backward(g, src, grid, 0, 1, True, mask)
     c, my, mx = src.shape[1], grid.shape[1], grid.shape[2]
     gk = g.reshape(1, c, k, my // k, mx).transpose(1, 2).reshape(k, c, my // k, mx)
     gsrc, ggrid = torch.ops.aten.grid_sampler_2d_backward(

@@ -52,11 +52,21 @@ _functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor",
 @functools.lru_cache(maxsize=32)
 def _normalised_grid(ny: int, nx: int, periodic: bool, dtype: torch.dtype, device: torch.device):
     """``(grid, scale, offset)``: the identity grid in grid_sample coordinates ``(1, 2, ny, nx)`` (x, y)
-    and the index-to-normalised affine map, each ``(1, 2, 1, 1)``."""
+    and the index-to-normalised affine map, each ``(1, 2, 1, 1)``; ``scale`` is a float when the same
+    along x and y (a square grid: cheaper scalar products)."""
     with torch.inference_mode(False), torch.no_grad():
         scale, offset = (t.view(1, 2, 1, 1) for t in _grid_affine(ny, nx, periodic, dtype, device))
         grid = _grid_constants(ny, nx, dtype, device)["grid"] * scale + offset
+        if float(scale[0, 0]) == float(scale[0, 1]):
+            scale = float(scale[0, 0])
     return grid, scale, offset
+
+
+def _position_adjoint(ggrid: torch.Tensor, scale, c: float) -> torch.Tensor:
+    """Adjoint of ``grid = (r − c·d)·s + o`` for ``d``: ``(b, ny, nx, 2)`` -> ``(b, 2, ny, nx)`` (a view)."""
+    if isinstance(scale, float):
+        return _channels_first(ggrid.mul(-c * scale))
+    return _channels_first(ggrid.mul(scale.view(1, 1, 1, 2)).mul_(-c))
 
 
 def _as_grid(p: torch.Tensor) -> torch.Tensor:
@@ -94,14 +104,14 @@ class SemiLagrangianStep(torch.autograd.Function):
         sx, sy, boundary, iterations = meta
         periodic = boundary == "periodic"
         ny, nx = x.shape[-2:]
-        grid0, scale, offset = _normalised_grid(ny, nx, periodic, x.dtype, x.device)
+        grid0, scale, _ = _normalised_grid(ny, nx, periodic, x.dtype, x.device)
         d = _displacement(x[:, :2], sx, sy)
         xsrc, dsrc = _padded(x, periodic), _padded(d, periodic)
         grids = []
         for _ in range(iterations):
-            grids.append(_step_grid(grid0, d, 0.5, scale, offset, periodic))
+            grids.append(_step_grid(grid0, d, 0.5, scale, periodic))
             d = _grid_sample(dsrc, grids[-1])
-        grids.append(_step_grid(grid0, d, 1.0, scale, offset, periodic))
+        grids.append(_step_grid(grid0, d, 1.0, scale, periodic))
         return (_grid_sample(xsrc, grids[-1]), *grids)
 
     @staticmethod
@@ -121,16 +131,16 @@ class SemiLagrangianStep(torch.autograd.Function):
             # create_graph=True (double backward): recompute with differentiable operations
             return torch.autograd.grad(_reference_step(x, ctx.meta), x, g, create_graph=True)[0], None
         periodic = boundary == "periodic"
-        _, scale, _ = _normalised_grid(x.shape[-2], x.shape[-1], periodic, x.dtype, x.device)
+        scale = _normalised_grid(x.shape[-2], x.shape[-1], periodic, x.dtype, x.device)[1]
         xsrc = _padded(x, periodic)
         dsrc = _padded(_displacement(x[:, :2], sx, sy), periodic) if iterations else None
         gx, ggrid = _grid_sample_backward(g, xsrc, grids[-1], True, True)
-        gd = _channels_first(ggrid).mul(scale).neg_()  # d x⁺ / d d_n: the grid is (r − d_n) s + o
+        gd = _position_adjoint(ggrid, scale, 1.0)  # the last grid is (r − d_n) s + o
         gdsrc = None
         for grid in reversed(grids[:-1]):
             gsrc, ggrid = _grid_sample_backward(gd, dsrc, grid, True, True)
             gdsrc = gsrc if gdsrc is None else gdsrc.add_(gsrc)
-            gd = _channels_first(ggrid).mul(scale).mul_(-0.5)  # the grid is (r − d_i / 2) s + o
+            gd = _position_adjoint(ggrid, scale, 0.5)  # the grid is (r − d_i / 2) s + o
         if periodic:
             gx = _fold_periodic(gx)
             if gdsrc is not None:
@@ -180,14 +190,16 @@ def _grid_of(pos, scale, offset, ny, nx):
     return _as_grid(torch.addcmul(offset, pos, scale).view(pos.shape[0], 2, ny, nx))
 
 
-def _step_grid(grid0, d, c, scale, offset, periodic):
+def _step_grid(grid0, d, c, scale, periodic):
     """grid_sample grid ``(b, ny, nx, 2)`` of the points ``r − c·d`` (periodic: wrapped into the padded source)."""
     if not periodic:  # (r − c d) s + o = grid0 − c s d; clamped by grid_sample's border padding
+        if isinstance(scale, float):
+            return _as_grid(torch.add(grid0, d, alpha=-c * scale))
         return _as_grid(torch.addcmul(grid0, d, scale, value=-c))
     ny, nx = d.shape[-2:]
     const = _grid_constants(ny, nx, d.dtype, d.device)
     pos = _make_stencil(torch.sub(const["grid"], d, alpha=c), ny, nx, "periodic", const).pos
-    return _grid_of(pos, scale.view(1, 2, 1), offset.view(1, 2, 1), ny, nx)
+    return _grid_of(pos, *_grid_affine(ny, nx, True, d.dtype, d.device), ny, nx)
 
 
 def _reference_step(x: torch.Tensor, meta) -> torch.Tensor:
