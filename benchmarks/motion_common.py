@@ -96,13 +96,14 @@ def get_network(args, train_w: Windows | None = None, retrain: bool = False, log
     net, res = train_motion_inversion(train_w.frames, train_w.noise_std, train_w.model, grad_weight=GRAD_WEIGHT,
                                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                       width=args.width, levels=3, velocity_scale=args.velocity_scale,
-                                      val_fraction=0.1, progress=False)
+                                      velocity=getattr(args, "velocity", "direct"), val_fraction=0.1, progress=False)
     wall = time.perf_counter() - t
     h = res.history
     info = {"train_windows": int(train_w.frames.shape[0]), "epochs": len(h), "train_seconds": wall,
             "best_epoch": res.best_epoch, "final_train_cost": h[-1]["train_cost"],
             "final_val_obs_cost": h[-1]["val_obs_cost"], "first_train_cost": h[0]["train_cost"],
-            "width": args.width, "batch_size": args.batch_size, "lr": args.lr}
+            "width": args.width, "batch_size": args.batch_size, "lr": args.lr,
+            "velocity": getattr(args, "velocity", "direct")}
     os.makedirs(RESULTS, exist_ok=True)
     save_checkpoint({"config": net.config, "state": net.state_dict(), "info": info,
                      "history": h}, path)

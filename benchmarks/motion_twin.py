@@ -47,6 +47,9 @@ def main():
     p.add_argument("--more-epochs", type=int, default=0,
                    help="continue training the cached network this many epochs (final cost, lr --lr)")
     p.add_argument("--velocity-scale", type=float, default=1.0, help="network output scale of u, v")
+    p.add_argument("--velocity", choices=("direct", "stream"), default="direct",
+                   help="network output: u, v directly, or a stream function (divergence-free velocity); "
+                        "'stream' caches results/motion_unet_stream.pt and writes motion_twin_stream.*")
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--hybrid-iters", type=int, default=30)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: best on the shared 2-core machine)")
@@ -66,7 +69,8 @@ def main():
 
     t = time.perf_counter()
     train_w = None
-    net_path = NET_PATH if not a.quick else os.path.join(RESULTS, "motion_unet_quick.pt")
+    tag = ("_quick" if a.quick else "") + ("_stream" if a.velocity == "stream" else "")
+    net_path = NET_PATH if not tag else os.path.join(RESULTS, f"motion_unet{tag}.pt")
     if a.retrain or a.quick or a.more_epochs or not os.path.exists(net_path):
         train_w = tracer_windows(range(1000, 1000 + a.train_seeds), per_record=2)
         print(f"training data: {train_w.frames.shape[0]} windows ({time.perf_counter() - t:.0f} s to generate)")
@@ -94,7 +98,7 @@ def main():
         print(f"{k}: {v:.3f}")
     print(f"network: {info}")
 
-    with open(os.path.join(RESULTS, "motion_twin_quick.csv" if a.quick else "motion_twin.csv"), "w", newline="") as f:
+    with open(os.path.join(RESULTS, f"motion_twin{tag}.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=["method", "epe", "ae", "seconds_per_window"])
         wr.writeheader()
         wr.writerows(rows)
@@ -102,10 +106,10 @@ def main():
     panels = [("truth", ut[i], vt[i])] + [
         (f"{n}  EPE {sc['epe']:.3f}", est.u[i], est.v[i]) for n, (est, sc) in res.items()
     ]
-    png = os.path.join(RESULTS, "motion_twin_quick.png" if a.quick else "motion_twin.png")
+    png = os.path.join(RESULTS, f"motion_twin{tag}.png")
     plot_velocity(panels, png, title="64x64 tracer twin, window 0: speed (colour) and velocity (arrows); "
                                      "EPE = mean over the test windows")
-    print(f"wrote {png} and motion_twin.csv")
+    print(f"wrote {png} and motion_twin{tag}.csv")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,14 @@ from ..models.image import ImageModel
 from ..observation import ObservationOperator, Observations
 from ..variational.cost import FourDVarCost
 from .frames import motion_first_guess
+from .stream import stream_to_velocity
 from .variational import MotionEstimate, _stage_iterations, fourdvar_motion, motion_observations
 
 __all__ = ["MotionInversionNetwork", "hybrid_motion", "learned_motion", "motion_cost", "train_motion_inversion"]
+
+
+#: output scale of a stream-function head: the velocity scale times this many cells (an eddy radius)
+STREAM_LENGTH = 8.0
 
 
 class MotionInversionNetwork(InversionNetwork):
@@ -33,11 +38,31 @@ class MotionInversionNetwork(InversionNetwork):
     an untrained network returns the classical first guess and training (on the
     4DVAR cost) starts from its cost instead of from a random state whose
     trajectory misfit is orders of magnitude larger.  Same constructor and
-    ``config`` as the parent (``from_config`` rebuilds this class).
+    ``config`` as the parent (``from_config`` rebuilds this class), plus:
+
+    Parameters
+    ----------
+    velocity : {"direct", "stream"}
+        ``"direct"``: the body predicts ``u`` and ``v``.  ``"stream"``: its
+        first output channel is a stream function ``ψ`` (cells² per step) and
+        the velocity is ``curl ψ`` (:func:`~xda_hybrid.motion.stream.stream_to_velocity`),
+        divergence-free by construction; the second velocity channel of the
+        body is not used.  ``ψ``'s output scale is the velocity scale times
+        :data:`STREAM_LENGTH` cells.
+    boundary : {"periodic", "closed"}
+        The model's boundary (the differences of ``ψ`` wrap or stop), for
+        ``velocity="stream"``.
+    dx : float
+        The model's grid spacing (``dx = dy``), for ``velocity="stream"``.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, velocity: str = "direct", boundary: str = "periodic", dx: float = 1.0, **kwargs):
+        if velocity not in ("direct", "stream"):
+            raise ValueError(f"velocity must be 'direct' or 'stream', got {velocity!r}")
+        if boundary not in ("periodic", "closed"):
+            raise ValueError(f"boundary must be 'periodic' or 'closed', got {boundary!r}")
         super().__init__(*args, **kwargs)
+        self.config.update(velocity=velocity, boundary=boundary, dx=float(dx))
         head = getattr(self.body, "head", None)
         if isinstance(head, torch.nn.Conv2d):
             with torch.no_grad():
@@ -47,11 +72,18 @@ class MotionInversionNetwork(InversionNetwork):
 
     def fit_normalisation(self, obs: Observations, unobserved_scale: float = 1.0) -> "MotionInversionNetwork":
         super().fit_normalisation(obs, unobserved_scale)
-        return self.set_output_scale(self.out_scale, torch.zeros_like(self.out_mean))
+        scale = self.out_scale.clone()
+        if self.config["velocity"] == "stream":
+            scale[0] = scale[0] * STREAM_LENGTH
+        return self.set_output_scale(scale, torch.zeros_like(self.out_mean))
 
     def forward(self, obs: Observations, background=None) -> torch.Tensor:
         base = motion_first_guess(obs, self.config["n_channels"]).to(self.obs_mean)
-        return base + super().forward(obs, background)
+        out = super().forward(obs, background)
+        if self.config["velocity"] == "stream":
+            u, v = stream_to_velocity(out[:, 0], self.config["boundary"], self.config["dx"])
+            out = torch.cat([u.unsqueeze(1), v.unsqueeze(1), out[:, 2:]], 1)
+        return base + out
 
 
 def motion_cost(model: DynamicalModel, window: int, grad_weight: float = 1e4, div_weight: float = 0.0) -> FourDVarCost:
@@ -77,6 +109,7 @@ def train_motion_inversion(
     continuation: Sequence[float] | None = (100.0, 10.0, 1.0),
     stage_fractions: Sequence[float] | None = None,
     net: MotionInversionNetwork | None = None,
+    velocity: str = "direct",
     **train_options: Any,
 ) -> tuple[InversionNetwork, TrainResult]:
     """Train a U-Net inversion on tracer windows by minimising their 4DVAR cost.
@@ -105,7 +138,10 @@ def train_motion_inversion(
         Share of ``epochs`` per stage (default 20 %, 20 %, 60 % for three stages).
     net : MotionInversionNetwork, optional
         Continue training this network (its normalisation is kept); default: a
-        new one (``width``, ``levels``, ``seed``, ``velocity_scale``).
+        new one (``width``, ``levels``, ``seed``, ``velocity_scale``, ``velocity``).
+    velocity : {"direct", "stream"}
+        Output of a new network: ``u, v`` directly, or a stream function whose
+        curl is the (divergence-free) velocity; see :class:`MotionInversionNetwork`.
 
     Returns
     -------
@@ -119,6 +155,12 @@ def train_motion_inversion(
     if net is None:
         net = MotionInversionNetwork.for_model(model, window, cost.obs_operator, seed=seed, width=width,
                                                levels=levels)
+        if velocity != "direct":
+            dx, dy = getattr(model, "dx", 1.0), getattr(model, "dy", 1.0)
+            if dx != dy:
+                raise ValueError(f"velocity='stream' needs a square grid, got dx={dx}, dy={dy}")
+            net = MotionInversionNetwork.from_config(
+                {**net.config, "velocity": velocity, "boundary": getattr(model, "boundary", "periodic"), "dx": dx})
         net = net.to(obs.values.dtype)
         net.fit_normalisation(obs, unobserved_scale=velocity_scale)
     factors = [1.0] if not continuation else [float(c) for c in continuation]
