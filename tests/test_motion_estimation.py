@@ -229,7 +229,7 @@ def test_learned_and_hybrid_drivers():
 
 @pytest.mark.parametrize("boundary", ["periodic", "closed"])
 def test_stream_head_network_is_divergence_free_learns_and_round_trips(boundary):
-    from xda_hybrid.motion import MotionInversionNetwork, motion_cost, train_motion_inversion
+    from xda_hybrid.motion import MotionInversionNetwork, train_motion_inversion
 
     tw = forced_tracer_twin(n_windows=4, size=16, window=4, speed=0.5, cloud_fraction=0.3, tracer="texture",
                             seed=2)
