@@ -377,9 +377,10 @@ class _GridBilinear(torch.autograd.Function):
     column on each side for a periodic boundary), ``pos (b or 1, 2, m)`` the
     positions (x, y) of a :class:`Stencil`, ``scale``/``offset`` from
     :func:`_grid_affine`, ``meta = (ny, nx, boundary, (my, mx))``.  Outputs
-    ``(b, c, my, mx)`` and the grid (non-differentiable, kept for the adjoint).  grid_sample runs with ``align_corners=True`` and
-    border padding: closed positions are clamped into the grid (derivative 0
-    outside the open interval ``(0, n - 1)``).
+    ``(b, c, my, mx)`` and the grid (non-differentiable, kept for the
+    adjoint).  grid_sample runs with ``align_corners=True`` and border
+    padding: closed positions are clamped into the grid (derivative 0 outside
+    the open interval ``(0, n - 1)``).
 
     Reverse rule: grid_sample's native backward kernel (itself
     differentiable, so double backward is exact).  Forward rule, which
@@ -421,7 +422,7 @@ class _GridBilinear(torch.autograd.Function):
 
 
 def _bilinear_tangent(src, src_t, pos, pos_t, scale, offset, meta):
-    """Tangent ``(b, c, my, mx)`` of ``bilinear(src)`` at ``pos`` for the tangents ``src_t``, ``pos_t`` (either may be None).
+    """Tangent ``(b, c, my, mx)`` of ``bilinear(src)`` at ``pos`` for tangents ``src_t``, ``pos_t`` (or None).
 
     Arguments as the inputs of :class:`_GridBilinear`: ``src`` as read (padded
     for a periodic boundary), ``pos (b or 1, 2, m)`` the stencil's positions.

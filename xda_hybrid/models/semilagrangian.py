@@ -169,7 +169,8 @@ class SemiLagrangianStep(torch.autograd.Function):
                 _bilinear_tangent(dsrc, dsrc_t, pos, pos_t, scale, offset, meta),
             )
         pos = _make_stencil(grid - d, ny, nx, boundary).pos
-        out_t = _bilinear_tangent(_padded(x, periodic), _padded(x_t, periodic), pos, -d_t.reshape(pos.shape), scale, offset, meta)
+        xsrc, xsrc_t = _padded(x, periodic), _padded(x_t, periodic)
+        out_t = _bilinear_tangent(xsrc, xsrc_t, pos, -d_t.reshape(pos.shape), scale, offset, meta)
         return (out_t,) + (None,) * (iterations + 1)
 
 
