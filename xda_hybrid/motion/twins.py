@@ -59,6 +59,8 @@ def forced_tracer_twin(
     tracer: str = "sst",
     tracer_wavelength: float | None = None,
     seed: int = 0,
+    cloud_wind: float = 1.0,
+    cloud_wavelength: float | None = None,
 ) -> MotionTwin:
     """Tracer windows whose truth is the image model plus optional unmodelled dynamics.
 
@@ -94,6 +96,10 @@ def forced_tracer_twin(
     tracer_wavelength : float, optional
         Peak wavelength of the tracer's mesoscale part, cells.
     seed : int
+    cloud_wind : float
+        Drift of the cloud field, cells per frame (slow clouds keep pixels clouded for most of the window).
+    cloud_wavelength : float, optional
+        Peak wavelength of the cloud field, cells (default ``size / 3``; larger: bigger clouds).
     """
     gen = torch.Generator().manual_seed(int(seed))
     model = ImageModel(boundary=boundary)
@@ -109,7 +115,8 @@ def forced_tracer_twin(
         f = random_velocity(size, size, gen, speed=1.0, wavelength=size, boundary=boundary)
         x0s.append(torch.cat([w, c[None]])[None])
         fs.append(float(forcing) * f[None])
-        masks.append(cloud_masks(window, size, size, float(cloud_fraction), gen)[None])
+        masks.append(cloud_masks(window, size, size, float(cloud_fraction), gen, wind=float(cloud_wind),
+                                 wavelength=cloud_wavelength)[None])
     x = torch.cat(x0s)
     f = torch.cat(fs)
     clouds = torch.cat(masks)
