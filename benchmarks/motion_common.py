@@ -145,6 +145,7 @@ def run_methods(w: Windows, net, iters: int, hybrid_iters: int, methods=None, no
         elif m == "learned":
             if net is None:
                 continue
+            learned_motion(net, network_obs(net, w))  # warm-up: the first pass pays one-off set-up costs
             est = learned_motion(net, network_obs(net, w))
         elif m == "hybrid":
             if net is None:

@@ -78,6 +78,13 @@ def test_motion_first_guess_is_zero_velocity_and_first_frame(twin):
     seen = ~torch.isnan(twin.obs[:, 0, 0])
     assert torch.equal(x[:, 2][seen], twin.obs[:, 0, 0][seen])
     assert not torch.isnan(x).any()
+    # the first frame as fill_gaps fills it (both modes agree there), pixels never seen inpainted
+    g = torch.Generator().manual_seed(4)
+    fr = torch.rand(3, 5, 12, 13, generator=g, dtype=torch.float64)
+    fr[torch.rand(fr.shape, generator=g) < 0.6] = float("nan")
+    fr[0, :, 2:5, 3:7] = float("nan")  # a block never observed in the window
+    for mode in ("nearest", "last"):
+        torch.testing.assert_close(motion_first_guess(fr)[:, 2], fill_gaps(fr, mode)[:, 0], rtol=0, atol=0)
 
 
 # --- stream function ---------------------------------------------------------------------------

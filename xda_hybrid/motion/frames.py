@@ -96,15 +96,24 @@ def fill_gaps(frames: torch.Tensor, mode: str = "last") -> torch.Tensor:
     return out
 
 
-def motion_first_guess(frames: torch.Tensor | Observations, n_channels: int = 3, fill: str = "nearest") -> torch.Tensor:
+def motion_first_guess(frames: torch.Tensor | Observations, n_channels: int = 3) -> torch.Tensor:
     """Image-model background ``x_b = (u, v, I) = (0, 0, I₀)``, shape (batch, n_channels, ny, nx).
 
-    ``I₀`` is the first frame, its cloud gaps filled by :func:`fill_gaps` (default:
-    nearest valid value in time, then spatial inpainting); velocity channels 0.
+    ``I₀`` is the first frame with each cloud gap taken from the first later
+    frame that sees the pixel (what :func:`fill_gaps` gives the first frame in
+    either mode), pixels never seen inpainted spatially; velocity channels 0.
     The tracer is the last channel.
     """
     fr = as_frames(frames)
-    i0 = fill_gaps(fr, fill)[:, 0]
+    i0 = fr[:, 0]
+    for t in range(1, fr.shape[1]):
+        gap = torch.isnan(i0)
+        if not bool(gap.any()):
+            break
+        i0 = torch.where(gap, fr[:, t], i0)
+    gap = torch.isnan(i0)
+    if bool(gap.any()):
+        i0 = inpaint(i0, ~gap)
     x = torch.zeros(fr.shape[0], n_channels, *fr.shape[2:], dtype=fr.dtype, device=fr.device)
     x[:, -1] = i0
     return x
