@@ -51,15 +51,15 @@ _functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor",
 
 @functools.lru_cache(maxsize=32)
 def _normalised_grid(ny: int, nx: int, periodic: bool, dtype: torch.dtype, device: torch.device):
-    """``(grid, scale, offset)``: the identity grid in grid_sample coordinates ``(1, 2, ny, nx)`` (x, y)
-    and the index-to-normalised affine map, each ``(1, 2, 1, 1)``; ``scale`` is a float when the same
-    along x and y (a square grid: cheaper scalar products)."""
+    """``(grid, scale)``: the identity grid in grid_sample coordinates ``(1, 2, ny, nx)`` (x, y) and the
+    index-to-normalised scale ``(1, 2, 1, 1)``, a float when the same along x and y (a square grid:
+    cheaper scalar products)."""
     with torch.inference_mode(False), torch.no_grad():
         scale, offset = (t.view(1, 2, 1, 1) for t in _grid_affine(ny, nx, periodic, dtype, device))
         grid = _grid_constants(ny, nx, dtype, device)["grid"] * scale + offset
         if float(scale[0, 0]) == float(scale[0, 1]):
             scale = float(scale[0, 0])
-    return grid, scale, offset
+    return grid, scale
 
 
 def _position_adjoint(ggrid: torch.Tensor, scale, c: float) -> torch.Tensor:
@@ -104,7 +104,7 @@ class SemiLagrangianStep(torch.autograd.Function):
         sx, sy, boundary, iterations = meta
         periodic = boundary == "periodic"
         ny, nx = x.shape[-2:]
-        grid0, scale, _ = _normalised_grid(ny, nx, periodic, x.dtype, x.device)
+        grid0, scale = _normalised_grid(ny, nx, periodic, x.dtype, x.device)
         d = _displacement(x[:, :2], sx, sy)
         xsrc, dsrc = _padded(x, periodic), _padded(d, periodic)
         grids = []
