@@ -291,3 +291,29 @@ def test_contract_names():
     for p in ("model", "window", "stride", "epochs", "batch_size", "method", "learn", "device", "progress",
               "validation", "seed"):
         assert p in params, p
+
+
+@pytest.mark.parametrize("velocity", ["stream", "direct"])
+def test_fit_with_a_motion_head(velocity):
+    # network={"velocity": "stream"}: the motion U-Net predicts a stream function, so the analysed initial velocity
+    # is divergence-free (to float32 rounding) in m/s; the direct head's is not.
+    from xda_hybrid.motion.learned import MotionInversionNetwork
+    from xda_hybrid.variational.regularisers import divergence
+
+    ds = motion(nt=9, n=10)
+    f = ds.da4d.fit(window=3, epochs=3, batch_size=2, progress=False, validation=None,
+                    network={"width": 4, "levels": 1, "velocity": velocity})
+    assert isinstance(f.network, MotionInversionNetwork) and f.network.config["velocity"] == velocity
+    an = ds.da4d.assimilate(f)
+    u, v = (torch.from_numpy(an[k].isel(time=0).values.astype("f8")) for k in ("u", "v"))
+    scale = float(torch.cat([(u[:, 1:] - u[:, :-1]).flatten(), (v[1:] - v[:-1]).flatten()]).abs().max())
+    assert scale > 1e-9  # the network moved away from its zero first guess
+    rel = float(divergence(u, v).abs().max()) / scale
+    assert (rel < 1e-5) if velocity == "stream" else (rel > 1e-2), rel
+
+
+def test_motion_head_needs_a_tracer_model():
+    with pytest.raises(ValueError, match="velocity"):
+        l96().da4d.fit(window=5, epochs=1, progress=False, network={**SMALL_NET, "velocity": "stream"})
+    with pytest.raises(ValueError, match="velocity must be"):
+        motion().da4d.fit(window=3, epochs=1, progress=False, network={"width": 4, "levels": 1, "velocity": "curl"})

@@ -55,6 +55,13 @@ def first_guess(obs: Observations, n_channels: int, obs_channels: list[int]) -> 
     return x
 
 
+def motion_state(model, obs_operator) -> bool:
+    """Whether the model's state is ``(u, v, <tracer>)`` on a 2D grid with only the last channel observed
+    (what :class:`~xda_hybrid.motion.learned.MotionInversionNetwork` inverts)."""
+    return (len(model.spatial_dims) == 2 and tuple(model.state_names[:2]) == ("u", "v") and model.n_channels == 3
+            and tuple(model.velocity_names) == ("u", "v") and list(obs_operator.channels) == [2])
+
+
 def regularisation_weights(problem: Problem, smoothness: float | None, divergence: float | None) -> tuple[float, float]:
     """``grad_weight``, ``div_weight`` of :class:`FourDVarCost` from relative, unit-free weights.
 

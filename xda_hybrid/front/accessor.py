@@ -388,7 +388,15 @@ class DA4DAccessor:
             Seeds the network's initialisation and the batch order.
         network : dict, optional
             Backbone options (``width``, ``depth``, ``kernel_size`` for 1D;
-            ``width``, ``levels``, ``padding`` for 2D).
+            ``width``, ``levels``, ``padding`` for 2D).  For tracer models
+            (state ``u, v, tracer`` with only the tracer observed),
+            ``velocity="direct"`` or ``"stream"`` selects the motion U-Net
+            (:class:`~xda_hybrid.motion.learned.MotionInversionNetwork`: first
+            frame plus a correction; ``"stream"``: the velocity is the curl of a
+            predicted stream function, divergence-free); a ``generative`` fit
+            uses it by default, its velocity starting at the smoothness-prior
+            draw (``residual``, default on) so that members spread where no
+            observation constrains the flow.
         smoothness, divergence : float, optional
             Velocity regularisation weights (see :meth:`assimilate`).
         output_scale : dict, optional
@@ -460,12 +468,26 @@ class DA4DAccessor:
         gw, dw = _engine.regularisation_weights(prob, smoothness, divergence)
         cost = _engine.make_cost(prob, window, gw, dw)
         op = cost.obs_operator
+        net_options = dict(network or {})
+        velocity = net_options.pop("velocity", None)
         if method == "generative":  # extra input channels for the smoothness prior's shift, if any
             from ..learning import generative_network
 
-            net = generative_network(mdl, window, cost, seed=int(seed), **(network or {}))
+            net = generative_network(mdl, window, cost, seed=int(seed), **net_options)
         else:
-            net = InversionNetwork.for_model(mdl, window, op, seed=int(seed), **(network or {}))
+            net = InversionNetwork.for_model(mdl, window, op, seed=int(seed), **net_options)
+        if velocity is not None or (method == "generative" and _engine.motion_state(mdl, op)):
+            # the motion U-Net: first frame + correction (a generic network does not learn to pass the prior shift
+            # through under clouds); velocity="stream": divergence-free velocity from a stream function
+            from ..motion.learned import MotionInversionNetwork
+
+            if velocity not in (None, "direct", "stream"):
+                raise ValueError(f"network velocity must be 'direct' or 'stream', got {velocity!r}")
+            if not _engine.motion_state(mdl, op):
+                raise ValueError(f"network velocity={velocity!r} needs a 2D model whose state is (u, v, <tracer>) with "
+                                 f"only the last variable observed; got {tuple(mdl.state_names)} observing "
+                                 f"{list(prob.obs_vars)}")
+            net = MotionInversionNetwork.for_motion(net.config, mdl, velocity or "direct")
         n_fit = obs.values.shape[0] - int(round(val_fraction * obs.values.shape[0]))
         net.fit_normalisation(obs[:n_fit])
         scale = net.out_scale.clone()
@@ -478,6 +500,7 @@ class DA4DAccessor:
                 mean[c] = 0.0
         for s, v in (output_scale or {}).items():
             scale[mdl.channel(s)] = float(v)
+        scale[0] = scale[0] * getattr(net, "stream_factor", 1.0)  # a stream-function head outputs ψ, not u
         net.set_output_scale(scale, mean)
         net.to(torch_dtype)
         data = TrainingData(obs)

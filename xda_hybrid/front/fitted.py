@@ -199,6 +199,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> F
         after saving (digest mismatch).
     """
     from ..learning import InversionNetwork
+    from ..motion.learned import MotionInversionNetwork
 
     path = Path(path)
     if not path.is_file():
@@ -225,7 +226,8 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> F
     model.load_state_dict(payload["model"])
     if meta["learned"]:
         model.learn(meta["learned"])
-    net = InversionNetwork.from_config(meta["network_config"])
+    config = meta["network_config"]
+    net = (MotionInversionNetwork if "velocity" in config else InversionNetwork).from_config(config)
     net.load_state_dict(payload["network"])
     dtype = next(iter(payload["network"].values())).dtype
     net.to(dtype=dtype)

@@ -64,7 +64,7 @@ def generative_network(
     window: int,
     cost: FourDVarCost,
     background: bool = False,
-    net_class: type[InversionNetwork] = InversionNetwork,
+    residual: bool | None = None,
     **options,
 ) -> InversionNetwork:
     """An :class:`InversionNetwork` with the extra input a generative inversion needs.
@@ -81,14 +81,24 @@ def generative_network(
         The cost it will be trained on.
     background : bool
         The training data carry backgrounds.
-    net_class : type
-        ``InversionNetwork`` or a subclass with the same constructor (e.g.
-        :class:`~xda_hybrid.motion.learned.MotionInversionNetwork`).
+    residual : bool, optional
+        The velocity output starts at the prior shift: ``x̂₀ = w_p + F_θ(Y + ε, w_p)``
+        (see :class:`InversionNetwork`).  Default: when the cost perturbs a
+        smoothness prior.  Without it the weak prior term alone must teach the
+        network to pass ``w_p`` through where no observation constrains the
+        velocity (under clouds); it learns to ignore it instead, and the
+        members collapse there.
     **options
         ``seed`` and backbone options of :meth:`InversionNetwork.for_model`.
     """
-    needs = bool(background) or perturbs_prior(cost)
-    return net_class.for_model(model, window, cost.obs_operator, background=needs, **options)
+    prior = perturbs_prior(cost)
+    if residual is None:
+        residual = prior
+    if residual and not prior:
+        raise ValueError("residual=True makes the output start at the smoothness-prior shift: the cost needs a "
+                         "velocity smoothness term (grad_weight > 0 on a velocity model)")
+    needs = bool(background) or prior
+    return InversionNetwork.for_model(model, window, cost.obs_operator, background=needs, residual=bool(residual), **options)
 
 
 class GenerativeInversion(nn.Module):

@@ -50,6 +50,13 @@ class InversionNetwork(nn.Module):
         ``width``, ``levels``, ``padding``).
     background : bool
         Take a background state as extra input channels.
+    residual : bool
+        Add the extra input to the output: ``x̂₀ = x_extra + out_mean + out_scale · body``
+        (needs ``background``).  Meant for an extra input that is zero outside
+        the channels it sets, e.g. the smoothness-prior shift ``w_p`` of a
+        generative inversion (:func:`~xda_hybrid.learning.generative_network`):
+        the untrained network then follows ``w_p`` and training learns where the
+        observations override it.
     seed : int
         Seed of the weight initialisation (the global RNG is left untouched).
 
@@ -69,6 +76,7 @@ class InversionNetwork(nn.Module):
         backbone_options: dict[str, Any] | None = None,
         background: bool = False,
         seed: int = 0,
+        residual: bool = False,
     ):
         super().__init__()
         if backbone not in _BACKBONES:
@@ -78,6 +86,8 @@ class InversionNetwork(nn.Module):
             raise ValueError(f"obs_channels {obs_channels} must be non-empty indices of the {n_channels} state channels")
         if int(n_obs_steps) < 1:
             raise ValueError(f"n_obs_steps must be >= 1, got {n_obs_steps}")
+        if residual and not background:
+            raise ValueError("residual=True adds the extra input to the output: it needs background=True")
         self.config = {
             "n_channels": int(n_channels),
             "obs_channels": obs_channels,
@@ -86,6 +96,7 @@ class InversionNetwork(nn.Module):
             "backbone_options": dict(backbone_options or {}),
             "background": bool(background),
             "seed": int(seed),
+            "residual": bool(residual),
         }
         self.spatial_ndim = 1 if backbone == "cnn1d" else 2
         n_obs = len(obs_channels)
@@ -113,6 +124,7 @@ class InversionNetwork(nn.Module):
         obs_operator: ObservationOperator | None = None,
         background: bool = False,
         seed: int = 0,
+        residual: bool = False,
         **options,
     ) -> "InversionNetwork":
         """A network sized for ``model`` and its observation operator.
@@ -132,6 +144,8 @@ class InversionNetwork(nn.Module):
             Add background input channels.
         seed : int
             Initialisation seed.
+        residual : bool
+            Add the extra input to the output (see the class).
         **options
             Backbone options (``width``, ``depth``, ``kernel_size`` / ``width``,
             ``levels``, ``padding``).
@@ -155,6 +169,7 @@ class InversionNetwork(nn.Module):
             backbone_options=options,
             background=background,
             seed=seed,
+            residual=residual,
         )
 
     # ------------------------------------------------------------------ normalisation
@@ -274,5 +289,16 @@ class InversionNetwork(nn.Module):
         Tensor, shape (batch, C, *space)
             In the network's dtype and device.
         """
+        return self.add_residual(self.decode(obs, background), background)
+
+    def decode(self, obs: Observations, background: Background | torch.Tensor | None = None) -> torch.Tensor:
+        """``out_mean + out_scale · body(inputs)``, shape (batch, C, *space): the output before :meth:`add_residual`."""
         out = self.body(self.inputs(obs, background))
         return self._expand(self.out_mean) + self._expand(self.out_scale) * out
+
+    def add_residual(self, out: torch.Tensor, background: Background | torch.Tensor | None) -> torch.Tensor:
+        """``out`` plus the extra input when the network is ``residual`` (else ``out`` unchanged)."""
+        if not self.config["residual"]:
+            return out
+        xb = background.state if isinstance(background, Background) else background
+        return out + xb.to(out)

@@ -1,8 +1,9 @@
 """Posterior samples of the velocity from tracer windows: a generative U-Net and spread-vs-cloud statistics.
 
 Thin driver over :mod:`xda_hybrid.learning.generative`: a
-:class:`GenerativeMotionNetwork` (a motion U-Net with extra input channels for
-the smoothness prior's shift ``w_p``, its velocity output starting at ``w_p``)
+:class:`~xda_hybrid.motion.learned.MotionInversionNetwork` (a motion U-Net
+with extra input channels for the smoothness prior's shift ``w_p``, its
+velocity output starting at ``w_p``: ``residual=True``)
 is trained on the randomised
 Tikhonov-4DVAR cost (tracer observations perturbed by their noise, the
 velocity's smoothness prior shifted by a draw of that prior), so that passes on
@@ -17,41 +18,15 @@ from ..learning import TrainingData, TrainResult, generative_network, sample, tr
 from ..models.base import DynamicalModel
 from ..models.image import ImageModel
 from ..observation import Observations
-from ..variational.cost import Background
-from ..variational.ensemble import perturbs_prior
 from .learned import MotionInversionNetwork, motion_cost
 from .variational import motion_observations
 
 __all__ = [
-    "GenerativeMotionNetwork",
     "generative_motion_network",
     "sample_motion",
     "spread_by_cover",
     "train_generative_motion",
 ]
-
-
-class GenerativeMotionNetwork(MotionInversionNetwork):
-    """A :class:`~xda_hybrid.motion.learned.MotionInversionNetwork` whose velocity starts at the prior shift.
-
-    Output ``x = (0, 0, I₀) + (w_p, 0) + F_θ(Y + ε, w_p)``: the untrained network
-    returns the minimiser of the shifted smoothness term alone (``w_p``, up to a
-    constant) on top of the classical first guess, and training learns the
-    correction that the observations ask for.  Where no observation constrains
-    the velocity (under clouds) the correct member follows ``w_p``; where the
-    tracer is observed the strong observation term teaches the network to
-    cancel it.  Without this residual the weak prior term alone must teach the
-    network to pass ``w_p`` through, and it learns to ignore it: the members
-    then collapse under clouds.  The extra input must be the prior shift (a
-    generative network of a velocity model with a smoothness term).
-    """
-
-    def forward(self, obs: Observations, background=None) -> torch.Tensor:
-        out = super().forward(obs, background)
-        if background is None:
-            raise ValueError("a GenerativeMotionNetwork takes the prior shift w_p as its extra input")
-        wp = background.state if isinstance(background, Background) else background
-        return torch.cat([out[:, :2] + wp[:, :2].to(out), out[:, 2:]], 1)
 
 
 def generative_motion_network(
@@ -67,17 +42,16 @@ def generative_motion_network(
 ) -> MotionInversionNetwork:
     """The untrained generative U-Net of :func:`train_generative_motion`, normalised on ``obs``.
 
-    ``prior_residual``: a :class:`GenerativeMotionNetwork` (velocity output on top
-    of the prior shift) instead of a plain :class:`~xda_hybrid.motion.learned.MotionInversionNetwork`.
+    ``prior_residual``: the velocity output starts at the prior shift
+    (``residual`` of :func:`~xda_hybrid.learning.generative_network`; ``False``
+    gives the plain network, whose members collapse under clouds).
     """
     model = model if model is not None else ImageModel(boundary="periodic")
     window = obs.values.shape[1]
     cost = motion_cost(model, window, grad_weight)
-    if prior_residual and not perturbs_prior(cost):
-        raise ValueError("prior_residual needs a smoothness prior (grad_weight > 0)")
-    cls = GenerativeMotionNetwork if prior_residual else MotionInversionNetwork
-    net = generative_network(model, window, cost, net_class=cls, seed=seed, width=width,
-                             levels=levels).to(obs.values.dtype)
+    config = generative_network(model, window, cost, residual=prior_residual, seed=seed, width=width,
+                                levels=levels).config
+    net = MotionInversionNetwork.for_motion(config, model).to(obs.values.dtype)
     return net.fit_normalisation(obs, unobserved_scale=velocity_scale)
 
 

@@ -48,7 +48,7 @@ class MotionInversionNetwork(InversionNetwork):
         the velocity is ``curl ψ`` (:func:`~xda_hybrid.motion.stream.stream_to_velocity`),
         divergence-free by construction; the second velocity channel of the
         body is not used.  ``ψ``'s output scale is the velocity scale times
-        :data:`STREAM_LENGTH` cells.
+        :data:`STREAM_LENGTH` cells (:attr:`stream_factor`).
     boundary : {"periodic", "closed"}
         The model's boundary (the differences of ``ψ`` wrap or stop), for
         ``velocity="stream"``.
@@ -70,20 +70,44 @@ class MotionInversionNetwork(InversionNetwork):
                 if head.bias is not None:
                     head.bias.zero_()
 
+    @classmethod
+    def for_motion(cls, config: dict[str, Any], model: DynamicalModel, velocity: str = "direct") -> "MotionInversionNetwork":
+        """A motion network with the backbone, inputs and options of an :class:`InversionNetwork` ``config``.
+
+        ``model`` gives the boundary and grid spacing of a stream-function head
+        (``velocity="stream"`` needs ``dx == dy``).  The model's state must be
+        ``(u, v, tracer-like)`` with only its last channel observed.
+        """
+        if tuple(model.velocity_names) != ("u", "v") or tuple(model.state_names[:2]) != ("u", "v") \
+                or list(config["obs_channels"]) != [model.n_channels - 1] or model.n_channels != 3:
+            raise ValueError(f"a motion network needs a state (u, v, <tracer>) with only its last channel observed; "
+                             f"{type(model).__name__} has {tuple(model.state_names)}, observed channels "
+                             f"{list(config['obs_channels'])}")
+        dx, dy = float(getattr(model, "dx", 1.0)), float(getattr(model, "dy", 1.0))
+        if velocity == "stream" and dx != dy:
+            raise ValueError(f"velocity='stream' needs a square grid, got dx={dx}, dy={dy}")
+        return cls.from_config({**config, "velocity": velocity, "boundary": getattr(model, "boundary", "periodic"),
+                                "dx": dx})
+
+    @property
+    def stream_factor(self) -> float:
+        """Output scale of ``ψ`` per unit of velocity scale: :data:`STREAM_LENGTH` cells times ``dx``
+        (1 for a direct head)."""
+        return STREAM_LENGTH * self.config["dx"] if self.config["velocity"] == "stream" else 1.0
+
     def fit_normalisation(self, obs: Observations, unobserved_scale: float = 1.0) -> "MotionInversionNetwork":
         super().fit_normalisation(obs, unobserved_scale)
         scale = self.out_scale.clone()
-        if self.config["velocity"] == "stream":
-            scale[0] = scale[0] * STREAM_LENGTH
+        scale[0] = scale[0] * self.stream_factor
         return self.set_output_scale(scale, torch.zeros_like(self.out_mean))
 
     def forward(self, obs: Observations, background=None) -> torch.Tensor:
         base = motion_first_guess(obs, self.config["n_channels"]).to(self.obs_mean)
-        out = super().forward(obs, background)
+        out = self.decode(obs, background)
         if self.config["velocity"] == "stream":
             u, v = stream_to_velocity(out[:, 0], self.config["boundary"], self.config["dx"])
             out = torch.cat([u.unsqueeze(1), v.unsqueeze(1), out[:, 2:]], 1)
-        return base + out
+        return self.add_residual(base + out, background)
 
 
 def motion_cost(model: DynamicalModel, window: int, grad_weight: float = 1e4, div_weight: float = 0.0) -> FourDVarCost:
@@ -153,15 +177,9 @@ def train_motion_inversion(
     window = obs.values.shape[1]
     cost = motion_cost(model, window, grad_weight, div_weight)
     if net is None:
-        net = MotionInversionNetwork.for_model(model, window, cost.obs_operator, seed=seed, width=width,
-                                               levels=levels)
-        if velocity != "direct":
-            dx, dy = getattr(model, "dx", 1.0), getattr(model, "dy", 1.0)
-            if dx != dy:
-                raise ValueError(f"velocity='stream' needs a square grid, got dx={dx}, dy={dy}")
-            net = MotionInversionNetwork.from_config(
-                {**net.config, "velocity": velocity, "boundary": getattr(model, "boundary", "periodic"), "dx": dx})
-        net = net.to(obs.values.dtype)
+        config = InversionNetwork.for_model(model, window, cost.obs_operator, seed=seed, width=width,
+                                            levels=levels).config
+        net = MotionInversionNetwork.for_motion(config, model, velocity).to(obs.values.dtype)
         net.fit_normalisation(obs, unobserved_scale=velocity_scale)
     factors = [1.0] if not continuation else [float(c) for c in continuation]
     if factors[-1] != 1.0:
