@@ -80,7 +80,7 @@ def get_network(args, train_w: Windows | None = None, retrain: bool = False, log
             # continue training on the final cost (no continuation), then update the cache
             t = time.perf_counter()
             net, res = train_motion_inversion(train_w.frames, train_w.noise_std, train_w.model, net=net,
-                                              grad_weight=GRAD_WEIGHT, epochs=more, batch_size=args.batch_size,
+                                              grad_weight=getattr(args, "grad_weight", GRAD_WEIGHT), epochs=more, batch_size=args.batch_size,
                                               lr=args.lr, continuation=None, val_fraction=0.1, progress=False)
             h = ck["history"] + [{**e, "epoch": len(ck["history"]) + i + 1} for i, e in enumerate(res.history)]
             info = {**info, "epochs": len(h), "train_seconds": info["train_seconds"] + time.perf_counter() - t,
@@ -93,7 +93,8 @@ def get_network(args, train_w: Windows | None = None, retrain: bool = False, log
     if train_w is None:
         raise FileNotFoundError(f"no trained network at {path}; run benchmarks/motion_twin.py first")
     t = time.perf_counter()
-    net, res = train_motion_inversion(train_w.frames, train_w.noise_std, train_w.model, grad_weight=GRAD_WEIGHT,
+    gw = getattr(args, "grad_weight", GRAD_WEIGHT)
+    net, res = train_motion_inversion(train_w.frames, train_w.noise_std, train_w.model, grad_weight=gw,
                                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                       width=args.width, levels=3, velocity_scale=args.velocity_scale,
                                       velocity=getattr(args, "velocity", "direct"), val_fraction=0.1, progress=False)
@@ -103,7 +104,7 @@ def get_network(args, train_w: Windows | None = None, retrain: bool = False, log
             "best_epoch": res.best_epoch, "final_train_cost": h[-1]["train_cost"],
             "final_val_obs_cost": h[-1]["val_obs_cost"], "first_train_cost": h[0]["train_cost"],
             "width": args.width, "batch_size": args.batch_size, "lr": args.lr,
-            "velocity": getattr(args, "velocity", "direct")}
+            "velocity": getattr(args, "velocity", "direct"), "grad_weight": gw}
     os.makedirs(RESULTS, exist_ok=True)
     save_checkpoint({"config": net.config, "state": net.state_dict(), "info": info,
                      "history": h}, path)
@@ -131,10 +132,12 @@ def network_obs(net, w: Windows):
     return Observations(obs.values, obs.mask.to(obs.inv_var) * ref)
 
 
-def run_methods(w: Windows, net, iters: int, hybrid_iters: int, methods=None, noise: float = 0.02) -> dict:
-    """Every method on the windows ``w``: name -> (MotionEstimate, scores)."""
+def run_methods(w: Windows, net, iters: int, hybrid_iters: int, methods=None, noise: float = 0.02,
+                grad_weight: float | None = None) -> dict:
+    """Every method on the windows ``w``: name -> (MotionEstimate, scores); Tikhonov weight ``grad_weight``
+    (default :func:`grad_weight_for` the noise)."""
     methods = methods or ["4dvar", "4dvar-stream", "learned", "hybrid", "farneback", "dis"]
-    gw = grad_weight_for(noise)
+    gw = grad_weight_for(noise) if grad_weight is None else float(grad_weight)
     out = {}
     for m in methods:
         if m == "4dvar":
