@@ -168,3 +168,45 @@ def test_weak_beats_strong_on_a_misspecified_twin():
     f_est = weak.extra["model_error"][:, 0]
     cos = (f_est * tw.forcing.float()).sum() / (f_est.norm() * tw.forcing.float().norm())
     assert cos > 0.2, float(cos)
+
+
+@pytest.mark.parametrize("boundary", ["periodic", "closed"])
+@pytest.mark.parametrize("n_incs", [1, 4])
+def test_image_forced_trajectory_equals_stepping(boundary, n_incs):
+    # ImageModel.forced cleans each increment once instead of the velocity at every step: it equals repeated
+    # step(x) + δ, but for the closed border cells' velocity (0 here; step zeroes it before using it)
+    g = torch.Generator().manual_seed(3)
+    model = ImageModel(boundary=boundary, diffusion=0.05)
+    x0 = torch.cat([0.4 * torch.randn(2, 2, 9, 11, generator=g, dtype=torch.float64),
+                    torch.randn(2, 1, 9, 11, generator=g, dtype=torch.float64)], 1)
+    incs = [0.05 * torch.randn(2, 3, 9, 11, generator=g, dtype=torch.float64) for _ in range(n_incs)]
+    got = model.forced(x0, 4, incs)
+    x, want = x0, [x0]
+    for k in range(4):
+        x = model.step(x) + incs[0 if n_incs == 1 else k]
+        want.append(x)
+    want = torch.stack(want, 1)
+    inner = (slice(None), slice(1, None), slice(0, 2), slice(1, -1), slice(1, -1))
+    if boundary == "periodic":
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    else:
+        torch.testing.assert_close(got[:, :, 2], want[:, :, 2], rtol=0, atol=1e-12)
+        torch.testing.assert_close(got[inner], want[inner], rtol=0, atol=1e-12)
+        assert float(got[:, 1:, :2, 0].abs().max()) == 0.0 and float(want[:, 1:, :2, 0].abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="increments"):
+        model.forced(x0, 4, incs * 2)  # neither 1 nor n_steps increments
+
+
+def test_weak_cost_gradcheck_closed_border():
+    g = torch.Generator().manual_seed(4)
+    model = ImageModel(boundary="closed")
+    x0 = torch.cat([0.3 * torch.randn(1, 2, 6, 7, generator=g, dtype=torch.float64),
+                    torch.randn(1, 1, 6, 7, generator=g, dtype=torch.float64)], 1)
+    y = torch.randn(1, 3, 1, 6, 7, generator=g, dtype=torch.float64)
+    obs = Observations.from_values(y, noise_std=0.1)
+    wc = WeakFourDVarCost(model, ObservationOperator(model, channels=["tracer"]), 3, grad_weight=0.3,
+                          error="per_step", error_weight=2.0, error_scale=0.5)
+    eta = 0.05 * torch.randn(1, 2, 2, 6, 7, generator=g, dtype=torch.float64)
+    c = wc.join(x0, eta).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: wc(z, obs)["total"], (c,), eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert adjoint_dot_product(wc.trajectory, wc.join(x0, eta).detach()) < 1e-11

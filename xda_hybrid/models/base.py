@@ -13,7 +13,7 @@ runs in float32 or float64 and on any device its parameters were moved to.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -125,3 +125,38 @@ class DynamicalModel(nn.Module):
             x = self.step(x)
             states.append(x)
         return torch.stack(states, dim=1)
+
+    def forced(self, x0: torch.Tensor, n_steps: int, increments: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Trajectory with an increment added after each step: ``x_{k+1} = step(x_k) + δ_k``.
+
+        Parameters
+        ----------
+        x0 : Tensor, shape (batch, channel, *space)
+        n_steps : int >= 0
+        increments : sequence of Tensor, each of shape (batch, channel, *space)
+            One increment for every step (``n_steps`` of them), or a single one
+            added after each step (a constant forcing).
+
+        Returns
+        -------
+        Tensor, shape (batch, n_steps + 1, channel, *space)
+        """
+        self.check_state(x0)
+        incs = self._check_increments(x0, n_steps, increments)
+        states = [x0]
+        x = x0
+        for k in range(int(n_steps)):
+            x = self.step(x) + incs[0 if len(incs) == 1 else k]
+            states.append(x)
+        return torch.stack(states, dim=1)
+
+    def _check_increments(self, x0: torch.Tensor, n_steps: int, increments: Sequence[torch.Tensor]) -> list:
+        incs = list(increments)
+        if int(n_steps) < 0:
+            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        if len(incs) not in (1, int(n_steps)):
+            raise ValueError(f"increments: give 1 or n_steps = {int(n_steps)} tensors, got {len(incs)}")
+        for d in incs:
+            if tuple(d.shape) != tuple(x0.shape):
+                raise ValueError(f"each increment must have the state's shape {tuple(x0.shape)}, got {tuple(d.shape)}")
+        return incs

@@ -178,12 +178,8 @@ class WeakFourDVarCost(FourDVarCost):
             return self.model(control, self.window - 1)
         x, eta = self.split(control)
         self.model.check_state(x)
-        states = [x]
-        for k in range(self.window - 1):
-            e = eta[:, 0 if self.error == "constant" else k]
-            x = self.model.step(x) + self._forcing(e, x)
-            states.append(x)
-        return torch.stack(states, 1)
+        increments = [self._forcing(eta[:, f], x) for f in range(self.n_error_fields)]
+        return self.model.forced(x, self.window - 1, increments)
 
     def check(self, control: torch.Tensor, obs: Observations) -> None:
         x0, _ = self.split(control)
