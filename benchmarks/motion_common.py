@@ -85,7 +85,8 @@ def get_network(args, train_w: Windows | None = None, retrain: bool = False, log
             h = ck["history"] + [{**e, "epoch": len(ck["history"]) + i + 1} for i, e in enumerate(res.history)]
             info = {**info, "epochs": len(h), "train_seconds": info["train_seconds"] + time.perf_counter() - t,
                     "final_train_cost": h[-1]["train_cost"], "final_val_obs_cost": h[-1]["val_obs_cost"],
-                    "more_epochs_lr": args.lr, "more_epochs_windows": int(train_w.frames.shape[0])}
+                    "more_epochs_lr": args.lr, "more_epochs_windows": int(train_w.frames.shape[0]),
+                    "more_epochs_best_epoch": res.best_epoch}
             save_checkpoint({"config": net.config, "state": net.state_dict(), "info": info, "history": h}, path)
             log(f"trained {more} more epochs: train cost {h[-1]['train_cost']:.4g}, "
                 f"validation obs cost {h[-1]['val_obs_cost']} per window")

@@ -39,6 +39,9 @@ def main():
     p.add_argument("--quick", action="store_true", help="fewer windows, iterations and epochs")
     p.add_argument("--retrain", action="store_true", help="train the network even if cached")
     p.add_argument("--test-windows", type=int, default=8)
+    p.add_argument("--test-start", type=int, default=0,
+                   help="seed of the first test window (default 0; training uses seeds from 1000, the "
+                        "α tuning 100-103): another held-out set, written to motion_twin*_test<N>.*")
     p.add_argument("--train-seeds", type=int, default=96, help="training records (2 windows each)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=4)
@@ -66,7 +69,7 @@ def main():
     print(describe())
     os.makedirs(RESULTS, exist_ok=True)
 
-    test = tracer_windows(range(a.test_windows))
+    test = tracer_windows(range(a.test_start, a.test_start + a.test_windows))
     ut, vt = test.truth[:, 0, 0], test.truth[:, 0, 1]
     speed = torch.sqrt(ut**2 + vt**2).mean().item()
     print(f"test: {a.test_windows} windows 64x64x10, mean true speed {speed:.3f} cells/frame "
@@ -81,6 +84,8 @@ def main():
         train_w = tracer_windows(range(1000, 1000 + a.train_seeds), per_record=2)
         print(f"training data: {train_w.frames.shape[0]} windows ({time.perf_counter() - t:.0f} s to generate)")
     net, info = get_network(a, train_w, retrain=a.retrain or a.quick, path=net_path)
+    if a.test_start:
+        tag += f"_test{a.test_start}"
 
     res = run_methods(test, net, a.iters, a.hybrid_iters, grad_weight=a.grad_weight)
     rows = []
