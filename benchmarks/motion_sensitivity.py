@@ -58,7 +58,7 @@ def plot(rows, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true", help="2 windows, 60 iterations, noise {0, 5 %}, clouds {0, 60 %}")
+    p.add_argument("--quick", action="store_true", help="2 windows, 60 iterations, noise {0, 5 %%}, clouds {0, 60 %%}")
     p.add_argument("--windows", type=int, default=4)
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--hybrid-iters", type=int, default=30)
