@@ -29,6 +29,18 @@ NET_PATH = os.path.join(RESULTS, "motion_unet.pt")
 GRAD_WEIGHT = 1e4
 
 
+def network_tag(velocity: str = "direct", grad_weight: float = GRAD_WEIGHT, quick: bool = False) -> str:
+    """Suffix of a cached network and of its result files: ``""`` for the direct head at ``GRAD_WEIGHT``,
+    else ``_quick``, ``_stream`` and ``_a<α>`` as they apply (``motion_unet<tag>.pt``)."""
+    return (("_quick" if quick else "") + ("_stream" if velocity == "stream" else "")
+            + (f"_a{grad_weight:g}" if grad_weight != GRAD_WEIGHT else ""))
+
+
+def network_path(tag: str) -> str:
+    """Cache file of the network with suffix ``tag`` (see :func:`network_tag`)."""
+    return os.path.join(RESULTS, f"motion_unet{tag}.pt")
+
+
 @dataclass
 class Windows:
     frames: torch.Tensor  # (n, T, 1, ny, nx), NaN under clouds
@@ -115,11 +127,12 @@ def get_network(args, train_w: Windows | None = None, retrain: bool = False, log
     return net, info
 
 
-def grad_weight_for(noise: float) -> float:
-    """Tikhonov weight for a noise level (fraction of the tracer std): ``GRAD_WEIGHT`` up to 2 %, then
-    in proportion to R⁻¹ (a fixed ratio of smoothness to data weight).  At 10 % noise on four windows:
-    EPE 0.048 with 400 (this rule) against 0.091 with 1e4; a noise-free twin keeps 1e4."""
-    return GRAD_WEIGHT * (0.02 / max(float(noise), 0.02)) ** 2
+def grad_weight_for(noise: float, base: float = GRAD_WEIGHT) -> float:
+    """Tikhonov weight for a noise level (fraction of the tracer std): ``base`` (the weight at 2 %
+    noise) up to 2 %, then in proportion to R⁻¹ (a fixed ratio of smoothness to data weight).  At 10 %
+    noise on four windows: EPE 0.048 with 400 (this rule, base 1e4) against 0.091 with 1e4; a
+    noise-free twin keeps ``base``."""
+    return float(base) * (0.02 / max(float(noise), 0.02)) ** 2
 
 
 def network_obs(net, w: Windows):

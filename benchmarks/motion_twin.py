@@ -31,7 +31,8 @@ import time
 import torch
 
 from machine import describe
-from motion_common import GRAD_WEIGHT, NET_PATH, RESULTS, get_network, plot_velocity, run_methods, tracer_windows
+from motion_common import (GRAD_WEIGHT, RESULTS, get_network, network_path, network_tag, plot_velocity, run_methods,
+                           tracer_windows)
 
 
 def main():
@@ -77,9 +78,8 @@ def main():
 
     t = time.perf_counter()
     train_w = None
-    tag = (("_quick" if a.quick else "") + ("_stream" if a.velocity == "stream" else "")
-           + (f"_a{a.grad_weight:g}" if a.grad_weight != GRAD_WEIGHT else ""))
-    net_path = NET_PATH if not tag else os.path.join(RESULTS, f"motion_unet{tag}.pt")
+    tag = network_tag(a.velocity, a.grad_weight, a.quick)
+    net_path = network_path(tag)
     if a.retrain or a.quick or a.more_epochs or not os.path.exists(net_path):
         train_w = tracer_windows(range(1000, 1000 + a.train_seeds), per_record=2)
         print(f"training data: {train_w.frames.shape[0]} windows ({time.perf_counter() - t:.0f} s to generate)")
