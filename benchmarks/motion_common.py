@@ -22,7 +22,6 @@ from xda_hybrid.motion import (
 )
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-NET_PATH = os.path.join(RESULTS, "motion_unet.pt")
 
 #: Tikhonov weight of the 64×64 tracer_motion twin (noise 2 % of the tracer std, R⁻¹ ≈ 1000):
 #: best of {1, 30, 300, 3e3, 1e4, 3e4, 1e5, 1e6} on three windows (EPE 0.052 at 1e4, 300 iterations)
@@ -39,6 +38,10 @@ def network_tag(velocity: str = "direct", grad_weight: float = GRAD_WEIGHT, quic
 def network_path(tag: str) -> str:
     """Cache file of the network with suffix ``tag`` (see :func:`network_tag`)."""
     return os.path.join(RESULTS, f"motion_unet{tag}.pt")
+
+
+#: the direct-output network at ``GRAD_WEIGHT`` (the default of motion_twin.py)
+NET_PATH = network_path("")
 
 
 @dataclass
